@@ -1,0 +1,33 @@
+"""DualOptim+ and DualOptim for machine unlearning, as optax transformations."""
+
+from dualoptim_jax._src.alias import dualoptim as dualoptim
+from dualoptim_jax._src.alias import dualoptim_plus as dualoptim_plus
+from dualoptim_jax._src.base import FORGET as FORGET
+from dualoptim_jax._src.base import RETAIN as RETAIN
+from dualoptim_jax._src.base import scheduled_objective as scheduled_objective
+from dualoptim_jax._src.diagnostics import conflict_metrics as conflict_metrics
+from dualoptim_jax._src.diagnostics import find_dualoptim_plus_state as find_dualoptim_plus_state
+from dualoptim_jax._src.dualoptim import ScaleByDualOptimState as ScaleByDualOptimState
+from dualoptim_jax._src.dualoptim import scale_by_dualoptim as scale_by_dualoptim
+from dualoptim_jax._src.dualoptim_plus import ScaleByDualOptimPlusState as ScaleByDualOptimPlusState
+from dualoptim_jax._src.dualoptim_plus import scale_by_dualoptim_plus as scale_by_dualoptim_plus
+from dualoptim_jax._src.learning_rate import (
+  scale_by_objective_learning_rate as scale_by_objective_learning_rate,
+)
+
+__version__ = "0.1.0"
+
+__all__ = (
+  "FORGET",
+  "RETAIN",
+  "ScaleByDualOptimPlusState",
+  "ScaleByDualOptimState",
+  "conflict_metrics",
+  "dualoptim",
+  "dualoptim_plus",
+  "find_dualoptim_plus_state",
+  "scale_by_dualoptim",
+  "scale_by_dualoptim_plus",
+  "scale_by_objective_learning_rate",
+  "scheduled_objective",
+)
