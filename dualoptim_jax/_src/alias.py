@@ -86,9 +86,16 @@ def dualoptim_plus(
   """
   return optax.chain(
     scale_by_dualoptim_plus(
-      b1, b2, base_b1, base_b2, eps,
-      forget_steps=forget_steps, retain_steps=retain_steps, bounded=bounded,
-      mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+      b1,
+      b2,
+      base_b1,
+      base_b2,
+      eps,
+      forget_steps=forget_steps,
+      retain_steps=retain_steps,
+      bounded=bounded,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
     ),
     *decay_and_learning_rate(
       learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
@@ -137,8 +144,13 @@ def dualoptim(
   """
   return optax.chain(
     scale_by_dualoptim(
-      b1, b2, eps, forget_steps=forget_steps, retain_steps=retain_steps,
-      mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+      b1,
+      b2,
+      eps,
+      forget_steps=forget_steps,
+      retain_steps=retain_steps,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
     ),
     *decay_and_learning_rate(
       learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps

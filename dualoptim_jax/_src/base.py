@@ -27,6 +27,12 @@ def run_lengths_from(
   ``forget_steps``/``retain_steps`` pair when given.
   """
   lengths = (forget_steps, retain_steps) if run_lengths is None else tuple(run_lengths)
+  if any(isinstance(n, jax.Array | np.ndarray) for n in lengths):
+    raise TypeError(
+      "forget_steps/retain_steps/run_lengths shape the program and must be Python ints, "
+      f"got {lengths}. With optax.inject_hyperparams, pass "
+      "static_args=('forget_steps', 'retain_steps')."
+    )
   if len(lengths) < 1:
     raise ValueError("run_lengths must name at least one objective.")
   for n in lengths:
@@ -103,8 +109,9 @@ def objective_is_valid(objective: int | jax.Array, num_objectives: int) -> jax.A
   return (objective >= 0) & (objective < num_objectives)
 
 
-def check_hyperparameter(name: str, value: Any, *, low: float, high: float | None = None,
-                         high_inclusive: bool = False) -> None:
+def check_hyperparameter(
+  name: str, value: Any, *, low: float, high: float | None = None, high_inclusive: bool = False
+) -> None:
   """Raises ValueError when a concrete hyperparameter lies outside its range.
 
   Traced values (e.g. under ``optax.inject_hyperparams``) and callables
@@ -116,12 +123,24 @@ def check_hyperparameter(name: str, value: Any, *, low: float, high: float | Non
     v = float(np.asarray(value))
   except (TypeError, ValueError):
     return
-  if not np.isfinite(v) or v < low or (
-    high is not None and (v > high if high_inclusive else v >= high)
+  if (
+    not np.isfinite(v)
+    or v < low
+    or (high is not None and (v > high if high_inclusive else v >= high))
   ):
     hi = "" if high is None else (f", {high}]" if high_inclusive else f", {high})")
     rng = f"[{low}{hi}" if high is not None else f">= {low}"
     raise ValueError(f"{name}={value!r} is outside its valid range {rng}.")
+
+
+def evaluate_schedule(value: Any, count: jax.Array) -> Any:
+  """A float, array or optax schedule evaluated at the 0-based step ``count``."""
+  if not callable(value):
+    return value
+  # optax's schedules mix Python floats with the int32 count, which strict dtype
+  # promotion (common in user test suites) rejects; their maths is fine as is.
+  with jax.numpy_dtype_promotion("standard"):
+    return value(count)
 
 
 def bias_correction(decay: Any, count: jax.Array, dtype: Any = jnp.float32) -> jax.Array:

@@ -21,11 +21,16 @@ def find_dualoptim_plus_state(state: Any) -> ScaleByDualOptimPlusState:
     ValueError: when there is no such state, or more than one.
   """
   found = [
-    s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "delta_mu") and hasattr(x, "base_mu"))
+    s
+    for s in jax.tree.leaves(
+      state, is_leaf=lambda x: hasattr(x, "delta_mu") and hasattr(x, "base_mu")
+    )
     if hasattr(s, "delta_mu") and hasattr(s, "base_mu")
   ]
   if len(found) != 1:
-    raise ValueError(f"Expected exactly one DualOptim+ state in the given state, found {len(found)}.")
+    raise ValueError(
+      f"Expected exactly one DualOptim+ state in the given state, found {len(found)}."
+    )
   return found[0]
 
 

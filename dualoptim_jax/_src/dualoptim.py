@@ -54,7 +54,7 @@ def scale_by_dualoptim(
   The objective of a step is chosen exactly as in
   :func:`scale_by_dualoptim_plus` (``objective=`` keyword or the built-in
   alternation; a traced out-of-range objective gives NaN updates and an
-  unchanged state).
+  unchanged state, a Python one raises ``ValueError``).
 
   Args:
     b1, b2: Adam decays of every objective's moments.
@@ -79,11 +79,11 @@ def scale_by_dualoptim(
   """
   lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
   if run_lengths is None and num_objectives != 2:
-    raise ValueError(
-      f"num_objectives={num_objectives} needs run_lengths (one per objective)."
-    )
+    raise ValueError(f"num_objectives={num_objectives} needs run_lengths (one per objective).")
   if len(lengths) != num_objectives:
-    raise ValueError(f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}.")
+    raise ValueError(
+      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
+    )
   base.check_hyperparameter("b1", b1, low=0.0, high=1.0)
   base.check_hyperparameter("b2", b2, low=0.0, high=1.0)
   base.check_hyperparameter("eps", eps, low=0.0)

@@ -100,7 +100,7 @@ def plus_step(g, base_mu, base_nu, delta_mu, delta_nu, c: PlusCoefficients, *, b
 
 def compute_dtype(dtype: Any) -> Any:
   """At least float32: moments are accumulated in float32 even for bf16 leaves."""
-  return jnp.promote_types(dtype, jnp.float32)
+  return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
 
 
 def select_objective(objective: int | jax.Array, trees: Sequence[Any]) -> Any:
@@ -154,9 +154,10 @@ def scale_by_dualoptim_plus(
   steps of objective 0, then ``retain_steps`` of objective 1, repeating (or
   ``run_lengths[o]`` steps of each objective ``o`` for ``K > 2``).
 
-  A traced objective outside ``[0, K)`` yields NaN updates and leaves the state
-  unchanged, so ``optax.apply_if_finite`` skips it and nothing is silently
-  mis-attributed; a Python objective outside the range raises ``ValueError``.
+  A traced objective outside ``[0, K)`` yields NaN updates (loud: applied, they
+  poison the parameters and the next loss) and leaves the state unchanged, so
+  no step is silently attributed to the wrong objective; a Python objective
+  outside the range raises ``ValueError``.
 
   Args:
     b1, b2: decays of the delta moments.
@@ -191,7 +192,9 @@ def scale_by_dualoptim_plus(
       "forget_steps/retain_steps describe two objectives."
     )
   if len(lengths) != num_objectives:
-    raise ValueError(f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}.")
+    raise ValueError(
+      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
+    )
   for name, value in (("b1", b1), ("b2", b2), ("base_b1", base_b1), ("base_b2", base_b2)):
     base.check_hyperparameter(name, value, low=0.0, high=1.0)
   base.check_hyperparameter("eps", eps, low=0.0)
@@ -216,9 +219,7 @@ def scale_by_dualoptim_plus(
     obj = base.resolve_objective(objective, state.count, lengths)
     valid = base.objective_is_valid(obj, k_obj)
     count, counts = advance_counts(state.count, state.objective_counts, obj, valid)
-    coeffs = plus_coefficients(
-      b1, b2, base_b1, base_b2, eps, count, base.select_count(counts, obj)
-    )
+    coeffs = plus_coefficients(b1, b2, base_b1, base_b2, eps, count, base.select_count(counts, obj))
 
     def leaf(g, bm, bv, *deltas):
       dms, dvs = deltas[:k_obj], deltas[k_obj:]
@@ -228,8 +229,13 @@ def scale_by_dualoptim_plus(
         return x.astype(ct)
 
       u, nbm, nbv, ndm, ndv = plus_step(
-        up(g), up(bm), up(bv), up(select_objective(obj, dms)),
-        up(select_objective(obj, dvs)), coeffs, bounded=bounded,
+        up(g),
+        up(bm),
+        up(bv),
+        up(select_objective(obj, dms)),
+        up(select_objective(obj, dvs)),
+        coeffs,
+        bounded=bounded,
       )
       if not isinstance(valid, bool):
         u = jnp.where(valid, u, jnp.nan)

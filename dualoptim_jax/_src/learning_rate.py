@@ -63,13 +63,11 @@ def scale_by_objective_learning_rate(
   def update_fn(updates, state, params=None, *, objective=None, **extra_args):
     del params, extra_args
     obj = base.resolve_objective(objective, state.count, lengths)
-    lrs = [lr(state.count) if callable(lr) else lr for lr in learning_rates]
+    lrs = [base.evaluate_schedule(lr, state.count) for lr in learning_rates]
     if isinstance(obj, int):
       lr = jnp.asarray(lrs[obj], jnp.float32)
     else:
-      lr = jnp.stack([jnp.asarray(x, jnp.float32) for x in lrs])[
-        jnp.clip(obj, 0, len(lrs) - 1)
-      ]
+      lr = jnp.stack([jnp.asarray(x, jnp.float32) for x in lrs])[jnp.clip(obj, 0, len(lrs) - 1)]
     step = sign * lr
     new_updates = jax.tree.map(lambda u: u * step.astype(u.dtype), updates)
     count = optax.safe_increment(state.count)
