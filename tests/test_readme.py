@@ -1,0 +1,13 @@
+"""The README's usage example runs as printed."""
+
+import pathlib
+import re
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_usage_example_runs(capsys):
+  text = README.read_text()
+  code = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
+  exec(compile(code, "README.md", "exec"), {})
+  assert "delta_cosine" in capsys.readouterr().out
