@@ -14,20 +14,26 @@ from dualoptim_jax._src.dualoptim_plus import scale_by_dualoptim_plus as scale_b
 from dualoptim_jax._src.learning_rate import (
   scale_by_objective_learning_rate as scale_by_objective_learning_rate,
 )
+from dualoptim_jax._src.muon import ScaleByDualOptimPlusMuonState as ScaleByDualOptimPlusMuonState
+from dualoptim_jax._src.muon import dualoptim_plus_muon as dualoptim_plus_muon
+from dualoptim_jax._src.muon import scale_by_dualoptim_plus_muon as scale_by_dualoptim_plus_muon
 
 __version__ = "0.1.0"
 
 __all__ = (
   "FORGET",
   "RETAIN",
+  "ScaleByDualOptimPlusMuonState",
   "ScaleByDualOptimPlusState",
   "ScaleByDualOptimState",
   "conflict_metrics",
   "dualoptim",
   "dualoptim_plus",
+  "dualoptim_plus_muon",
   "find_dualoptim_plus_state",
   "scale_by_dualoptim",
   "scale_by_dualoptim_plus",
+  "scale_by_dualoptim_plus_muon",
   "scale_by_objective_learning_rate",
   "scheduled_objective",
 )
