@@ -2,6 +2,7 @@
 
 from dualoptim_jax._src.alias import dualoptim as dualoptim
 from dualoptim_jax._src.alias import dualoptim_plus as dualoptim_plus
+from dualoptim_jax._src.alias_muon import dualoptim_plus_muon as dualoptim_plus_muon
 from dualoptim_jax._src.base import FORGET as FORGET
 from dualoptim_jax._src.base import RETAIN as RETAIN
 from dualoptim_jax._src.base import scheduled_objective as scheduled_objective
@@ -15,7 +16,6 @@ from dualoptim_jax._src.learning_rate import (
   scale_by_objective_learning_rate as scale_by_objective_learning_rate,
 )
 from dualoptim_jax._src.muon import ScaleByDualOptimPlusMuonState as ScaleByDualOptimPlusMuonState
-from dualoptim_jax._src.muon import dualoptim_plus_muon as dualoptim_plus_muon
 from dualoptim_jax._src.muon import scale_by_dualoptim_plus_muon as scale_by_dualoptim_plus_muon
 
 __version__ = "0.1.0"

@@ -1,0 +1,107 @@
+"""Tokenised question/answer sequences as fixed-shape arrays.
+
+A sequence is ``[BOS] "Question: q\\nAnswer:" " a" [EOS]`` (right-padded). The
+target mask is 1 on the answer tokens and the final EOS and 0 on the question
+and padding, so every loss sees only the answer (questions masked out).
+Prompts for generation are left-padded ``[BOS] "Question: q\\nAnswer:"``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from experiments import tokenizer as toklib
+
+
+class Batch(NamedTuple):
+  """A batch of sequences (all arrays ``(batch, seq)``).
+
+  Attributes:
+    ids: int32 token ids.
+    mask: int32 1 for real tokens, 0 for padding.
+    targets: float32 1 where the token is an answer target (answer + EOS).
+  """
+
+  ids: np.ndarray
+  mask: np.ndarray
+  targets: np.ndarray
+
+
+def prompt_text(question: str) -> str:
+  """The prompt template (as TOFU's ``Question: ... Answer:``)."""
+  return f"Question: {question}\nAnswer:"
+
+
+def round_up(n: int, multiple: int) -> int:
+  """``n`` rounded up to a multiple of ``multiple``."""
+  return -(-n // multiple) * multiple
+
+
+class Encoder:
+  """Tokenises (question, answer) pairs with caching and length limits.
+
+  Args:
+    tok: the tokenizer.
+    max_len: longest sequence; longer answers are truncated (EOS kept).
+  """
+
+  def __init__(self, tok: Tokenizer, max_len: int):
+    self.tok, self.max_len = tok, max_len
+    self._cache: dict[str, list[int]] = {}
+
+  def _ids(self, text: str) -> list[int]:
+    if text not in self._cache:
+      self._cache[text] = toklib.encode(self.tok, text)
+    return self._cache[text]
+
+  def prompt(self, question: str) -> list[int]:
+    """``[BOS]`` + prompt tokens (truncated to half of ``max_len``)."""
+    return [toklib.BOS] + self._ids(prompt_text(question))[: self.max_len // 2 - 1]
+
+  def pair(self, question: str, answer: str) -> tuple[list[int], int]:
+    """Token ids of the full sequence and the number of prompt tokens."""
+    p = self.prompt(question)
+    a = self._ids(" " + answer)[: self.max_len - len(p) - 1] + [toklib.EOS]
+    return p + a, len(p)
+
+  def batch(self, pairs: list[tuple[str, str]], length: int | None = None) -> Batch:
+    """Right-padded :class:`Batch` of (question, answer) pairs.
+
+    Args:
+      pairs: (question, answer) strings.
+      length: padded length; default the longest sequence rounded up to 16.
+    """
+    seqs = [self.pair(q, a) for q, a in pairs]
+    if length is None:
+      length = round_up(max(len(s) for s, _ in seqs), 16)
+    ids = np.zeros((len(seqs), length), np.int32)
+    mask = np.zeros((len(seqs), length), np.int32)
+    targets = np.zeros((len(seqs), length), np.float32)
+    for i, (s, n_prompt) in enumerate(seqs):
+      s = s[:length]
+      ids[i, : len(s)] = s
+      mask[i, : len(s)] = 1
+      targets[i, n_prompt : len(s)] = 1.0
+    return Batch(ids, mask, targets)
+
+  def max_pair_len(self, pairs: list[tuple[str, str]]) -> int:
+    """Longest sequence length of ``pairs`` rounded up to 16."""
+    return round_up(max(len(self.pair(q, a)[0]) for q, a in pairs), 16)
+
+  def prompts(self, questions: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded prompt ids and mask, shape ``(len(questions), length)``."""
+    ids = np.zeros((len(questions), length), np.int32)
+    mask = np.zeros((len(questions), length), np.int32)
+    for i, q in enumerate(questions):
+      p = self.prompt(q)[-length:]
+      ids[i, length - len(p) :] = p
+      mask[i, length - len(p) :] = 1
+    return ids, mask
+
+
+def stack(batches: list[Batch]) -> Batch:
+  """Concatenates batches of equal length along the batch axis."""
+  return Batch(*(np.concatenate(x, axis=0) for x in zip(*batches, strict=True)))

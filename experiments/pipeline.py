@@ -1,0 +1,159 @@
+"""The whole experiment: data, tokenizer, fine-tune + oracle, unlearning grid, evaluation, report.
+
+Fine-tuned and oracle models are cached as orbax checkpoints under
+``{out}/checkpoints/{key}`` (key = data fingerprint, model size, fine-tuning
+hyperparameters), so re-runs and runs with other optimizers reuse them, and an
+interrupted fine-tuning resumes. Each finished unlearning run is written to
+``{out}/runs/*.json`` (metrics plus the per-step log) and skipped when the
+same configuration is asked for again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import pathlib
+import time
+
+import numpy as np
+from flax import nnx
+
+from experiments import losses, optimizers, plots, report
+from experiments import model as modellib
+from experiments import tokenizer as toklib
+from experiments.batching import Encoder
+from experiments.data import Corpus
+from experiments.evaluate import Evaluator
+from experiments.train import FineTuneConfig, Unlearner, UnlearnBatches, fine_tune, make_apply
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """Everything the CLI controls (see ``python -m experiments.tofu --help``)."""
+
+  out: pathlib.Path
+  loss_names: tuple[str, ...]
+  optimizer_names: tuple[str, ...]
+  seeds: tuple[int, ...]
+  lrs: tuple[float, ...]
+  steps: int | None
+  epochs: int
+  batch_size: int
+  model_size: str
+  vocab_size: int
+  max_len: int
+  eval_size: int
+  finetune: FineTuneConfig
+  recipe: optimizers.Recipe
+
+
+def _key(corpus: Corpus, s: Settings) -> str:
+  blob = json.dumps([corpus.fingerprint(), s.model_size, s.vocab_size, s.max_len,
+                     dataclasses.asdict(s.finetune)], sort_keys=True)
+  return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _tokenizer(corpus: Corpus, s: Settings, cache: pathlib.Path):
+  path = cache / "tokenizer.json"
+  if path.is_file():
+    return toklib.load_tokenizer(path)
+  tok = toklib.train_tokenizer(corpus.texts(), s.vocab_size)
+  toklib.save_tokenizer(tok, path)
+  return tok
+
+
+def _brief(ev: dict) -> str:
+  fq = ev["forget_quality"]
+  return (f"forget ROUGE {ev['forget']['rouge']:.3f} prob {ev['forget']['prob']:.3f} | "
+          f"retain ROUGE {ev['retain']['rouge']:.3f} | MU {ev['model_utility']:.3f} | "
+          f"FE {ev['forget_efficacy']:.3f}" + ("" if fq is None else f" | FQ {fq:.3g}"))
+
+
+def run(corpus: Corpus, s: Settings, log=print) -> dict:
+  """Runs every phase and writes results.json, results.md and the plots to ``s.out``."""
+  t_start = time.perf_counter()
+  s.out.mkdir(parents=True, exist_ok=True)
+  cache = s.out / "checkpoints" / _key(corpus, s)
+  tok = _tokenizer(corpus, s, cache)
+  encoder = Encoder(tok, s.max_len)
+  cfg = modellib.config_for(s.model_size, tok.get_vocab_size(), s.max_len)
+  graphdef, init_params = nnx.split(modellib.DecoderLM(cfg, nnx.Rngs(0)))
+  n_params = sum(int(x.size) for x in __import__("jax").tree.leaves(init_params))
+  apply = make_apply(graphdef)
+  log(f"[data] {corpus.name}: {corpus.notes}")
+  log(f"[model] {s.model_size}: {n_params:,} parameters, vocab {cfg.vocab_size}, "
+      f"max_len {s.max_len}")
+
+  t0 = time.perf_counter()
+  full, ft_hist = fine_tune(apply, init_params, corpus.full_train(), encoder, s.finetune,
+                            cache / "full", desc="fine-tune (all data)")
+  t_ft = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  oracle, or_hist = fine_tune(apply, init_params, corpus.oracle_train(), encoder, s.finetune,
+                              cache / "oracle", desc="fine-tune (retain-only oracle)")
+  t_or = time.perf_counter() - t0
+  log(f"[fine-tune] {t_ft:.0f}s (final epoch loss {ft_hist[-1] if ft_hist else 'cached'}); "
+      f"oracle {t_or:.0f}s")
+
+  evaluator = Evaluator(graphdef, encoder, corpus, limit=s.eval_size)
+  oracle_ev = evaluator(oracle)
+  oracle_r = np.asarray(oracle_ev["forget"]["r"])
+  oracle_ev["forget_quality"] = 1.0
+  before = evaluator(full, oracle_r)
+  log(f"[before unlearning] {_brief(before)}")
+  log(f"[oracle]            {_brief(oracle_ev)}")
+
+  n_forget_batches = math.ceil(len(corpus.forget) / s.batch_size)
+  period = s.recipe.forget_steps + s.recipe.retain_steps
+  steps_per_epoch = period * n_forget_batches // s.recipe.forget_steps
+  steps = s.steps if s.steps is not None else s.epochs * steps_per_epoch
+  unlearner = Unlearner(apply, s.recipe, steps, warmup=steps_per_epoch)
+  setup = {
+    "corpus": corpus.name, "notes": corpus.notes, "model_size": s.model_size,
+    "n_params": n_params, "vocab_size": cfg.vocab_size, "max_len": s.max_len,
+    "finetune": dataclasses.asdict(s.finetune), "recipe": dataclasses.asdict(s.recipe),
+    "steps": steps, "warmup_steps": steps_per_epoch, "batch_size": s.batch_size,
+    "lrs": list(s.lrs), "seeds": list(s.seeds), "losses": list(s.loss_names),
+    "optimizers": list(s.optimizer_names), "eval_size": s.eval_size,
+    "schedule": "linear warm-up (1 epoch of forget batches) then linear decay to 0",
+  }
+  runs_dir = s.out / "runs"
+  runs_dir.mkdir(exist_ok=True)
+  payload = {"setup": setup, "before": before, "oracle": oracle_ev, "runs": [],
+             "finetune_seconds": {"full": t_ft, "oracle": t_or}}
+  run_key = hashlib.sha256(json.dumps([_key(corpus, s), setup["recipe"], steps,
+                                       s.batch_size, s.eval_size]).encode()).hexdigest()[:8]
+  grid = [(lo, o, lr, seed) for lo in s.loss_names for o in s.optimizer_names
+          for lr in s.lrs for seed in s.seeds]
+  for i, (loss, opt, lr, seed) in enumerate(grid):
+    name = f"{loss.replace('+', '_')}-{opt}-lr{lr:g}-s{seed}-{run_key}"
+    path = runs_dir / f"{name}.json"
+    if path.is_file():
+      payload["runs"].append(json.loads(path.read_text()))
+      continue
+    f_name, r_name = losses.parse_loss(loss)
+    batches = UnlearnBatches(corpus, encoder, losses.roles_for(f_name, r_name), s.batch_size,
+                             seed)
+    res = unlearner.run(full, full, batches, opt, f_name, r_name, lr,
+                        desc=f"[{i + 1}/{len(grid)}] {loss} {opt} lr={lr:g} seed={seed}")
+    ev = evaluator(res.params, oracle_r)
+    rec = {"loss": loss, "optimizer": opt, "lr": lr, "seed": seed, "steps": steps,
+           "wall_s": res.wall_s, "state_bytes": res.state_bytes, "eval": ev, "log": res.log}
+    path.write_text(json.dumps(rec))
+    payload["runs"].append(rec)
+    log(f"[{i + 1}/{len(grid)}] {loss:8s} {opt:20s} lr={lr:<7g} seed={seed}: {_brief(ev)} | "
+        f"{res.wall_s:.1f}s | state {res.state_bytes:,} B")
+
+  payload["total_seconds"] = time.perf_counter() - t_start
+  report.write(s.out, payload)
+  refs = {"fine-tuned (before)": before, "retain-only oracle": oracle_ev}
+  if payload["runs"]:
+    plots.loss_curves(payload["runs"], s.out / "loss_curves.png")
+    plots.tradeoff(payload["runs"], refs, s.out / "tradeoff.png")
+  log("")
+  log(report.markdown_table(report.aggregate(payload["runs"]), refs))
+  log(f"\n[done] {payload['total_seconds']:.0f}s total; wrote {s.out}/results.json, results.md, "
+      "loss_curves.png, tradeoff.png")
+  return payload

@@ -1,0 +1,83 @@
+"""PNG plots: unlearning loss curves and the forget-vs-utility trade-off scatter."""
+
+from __future__ import annotations
+
+import pathlib
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.report import aggregate  # noqa: E402
+
+_COLORS = {"adamw": "tab:gray", "dualoptim": "tab:blue", "dualoptim_plus": "tab:red",
+           "dualoptim_plus_8bit": "tab:orange", "dualoptim_plus_muon": "tab:green"}
+
+
+def _color(opt: str) -> str:
+  return _COLORS.get(opt, "tab:purple")
+
+
+def loss_curves(runs: list[dict], path: pathlib.Path) -> None:
+  """Forget and retain loss per step, one panel per loss pair, first seed, each optimizer's median lr."""
+  loss_names = sorted({r["loss"] for r in runs})
+  fig, axes = plt.subplots(2, len(loss_names), figsize=(5 * len(loss_names), 6), squeeze=False)
+  for j, loss in enumerate(loss_names):
+    for opt in dict.fromkeys(r["optimizer"] for r in runs if r["loss"] == loss):
+      rs = [r for r in runs if r["loss"] == loss and r["optimizer"] == opt]
+      lrs = sorted({r["lr"] for r in rs})
+      lr = lrs[len(lrs) // 2]
+      run = min((r for r in rs if r["lr"] == lr), key=lambda r: r["seed"])
+      for i, side in enumerate(("forget", "retain")):
+        pts = [(e["step"], e["loss"]) for e in run["log"] if e["objective"] == side]
+        if pts:
+          x, y = zip(*pts, strict=True)
+          axes[i, j].plot(x, y, color=_color(opt), label=f"{opt} (lr {lr:g})", lw=1.2)
+    for i, side in enumerate(("forget", "retain")):
+      axes[i, j].set_title(f"{loss}: {side} loss")
+      axes[i, j].set_xlabel("step")
+    axes[0, j].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+def tradeoff(runs: list[dict], references: dict[str, dict], path: pathlib.Path) -> None:
+  """Forget quality (log) and forget efficacy against model utility; one curve per optimizer.
+
+  Each point is one learning rate (mean over seeds, error bars = std); the
+  points of an optimizer, ordered by learning rate, form its trade-off curve.
+  """
+  rows = aggregate(runs)
+  loss_names = sorted({r["loss"] for r in rows})
+  fig, axes = plt.subplots(2, len(loss_names), figsize=(5 * len(loss_names), 7.5), squeeze=False)
+  for j, loss in enumerate(loss_names):
+    for opt in dict.fromkeys(r["optimizer"] for r in rows if r["loss"] == loss):
+      rs = sorted((r for r in rows if r["loss"] == loss and r["optimizer"] == opt),
+                  key=lambda r: r["lr"])
+      mu = np.array([r["model_utility"][0] for r in rs])
+      mu_s = np.array([r["model_utility"][1] for r in rs])
+      for i, key in enumerate(("forget_quality", "forget_efficacy")):
+        y = np.array([r[key][0] for r in rs])
+        ys = np.array([r[key][1] for r in rs])
+        axes[i, j].errorbar(mu, y, xerr=mu_s, yerr=ys, color=_color(opt), marker="o", ms=4,
+                            capsize=2, lw=1.2, label=opt)
+    for name, ev in references.items():
+      marker = "*" if "oracle" in name else "s"
+      for i, key in enumerate(("forget_quality", "forget_efficacy")):
+        if ev.get(key) is not None:
+          axes[i, j].scatter([ev["model_utility"]], [ev[key]], marker=marker, color="k", s=50,
+                             label=name, zorder=5)
+    axes[0, j].set_yscale("log")
+    axes[0, j].set_title(f"{loss}: forget quality vs utility")
+    axes[1, j].set_title(f"{loss}: forget efficacy vs utility")
+    for i in range(2):
+      axes[i, j].set_xlabel("model utility")
+    axes[0, j].set_ylabel("forget quality (KS p, log)")
+    axes[1, j].set_ylabel("forget efficacy")
+    axes[0, j].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)

@@ -1,0 +1,90 @@
+"""Aggregation over seeds, the comparison table (markdown / terminal) and results.json."""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+
+import numpy as np
+
+COLUMNS = (
+  ("forget_quality", "FQ"), ("model_utility", "MU"), ("forget_efficacy", "FE"),
+  ("forget_rouge", "forget ROUGE"), ("forget_prob", "forget prob"),
+  ("retain_rouge", "retain ROUGE"),
+)
+
+
+def summary_row(ev: dict) -> dict[str, float]:
+  """The flat numbers of one evaluation."""
+  return {
+    "forget_quality": ev["forget_quality"] if ev["forget_quality"] is not None else float("nan"),
+    "model_utility": ev["model_utility"],
+    "forget_efficacy": ev["forget_efficacy"],
+    "forget_rouge": ev["forget"]["rouge"],
+    "forget_prob": ev["forget"]["prob"],
+    "retain_rouge": ev["retain"]["rouge"],
+  }
+
+
+def aggregate(runs: list[dict]) -> list[dict]:
+  """Groups runs by (loss, optimizer, lr); mean and std over seeds of every number."""
+  groups: dict[tuple, list[dict]] = collections.defaultdict(list)
+  for r in runs:
+    groups[(r["loss"], r["optimizer"], r["lr"])].append(r)
+  out = []
+  for (loss, opt, lr), rs in groups.items():
+    row = {"loss": loss, "optimizer": opt, "lr": lr, "seeds": sorted(r["seed"] for r in rs)}
+    for key, _ in COLUMNS:
+      vals = np.array([summary_row(r["eval"])[key] for r in rs], np.float64)
+      row[key] = (float(np.mean(vals)), float(np.std(vals)))
+    row["wall_s"] = (float(np.mean([r["wall_s"] for r in rs])), float(np.std([r["wall_s"] for r in rs])))
+    row["state_bytes"] = int(rs[0]["state_bytes"])
+    out.append(row)
+  return out
+
+
+def _fmt(ms: tuple[float, float], n: int, digits: int = 3) -> str:
+  m, s = ms
+  if np.isnan(m):
+    return "-"
+  if n > 1:
+    return f"{m:.{digits}g} ± {s:.2g}" if m < 0.01 else f"{m:.{digits}f} ± {s:.{digits}f}"
+  return f"{m:.{digits}g}" if m < 0.01 else f"{m:.{digits}f}"
+
+
+def markdown_table(rows: list[dict], references: dict[str, dict]) -> str:
+  """The comparison table: reference models first, then one row per (loss, optimizer, lr)."""
+  head = ["loss", "optimizer", "lr"] + [c for _, c in COLUMNS] + ["wall s", "state bytes"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for name, ev in references.items():
+    flat = summary_row(ev)
+    cells = ["-", name, "-"] + [_fmt((flat[k], 0.0), 1) for k, _ in COLUMNS] + ["-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  for r in sorted(rows, key=lambda r: (r["loss"], r["optimizer"], r["lr"])):
+    n = len(r["seeds"])
+    cells = [r["loss"], r["optimizer"], f"{r['lr']:g}"]
+    cells += [_fmt(r[k], n) for k, _ in COLUMNS]
+    cells += [f"{r['wall_s'][0]:.1f}", f"{r['state_bytes']:,}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def write(out: pathlib.Path, payload: dict) -> None:
+  """Writes ``results.json`` and ``results.md`` (table + setup) under ``out``."""
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(payload, indent=1))
+  refs = {"fine-tuned (before)": payload["before"], "retain-only oracle": payload["oracle"]}
+  rows = aggregate(payload["runs"])
+  setup = payload["setup"]
+  md = [
+    f"# Unlearning results: {setup['corpus']}", "",
+    f"{setup['notes']}", "",
+    "Mean ± std over seeds " + ", ".join(map(str, setup["seeds"])) + ". "
+    "FQ = KS p-value vs the retain-only oracle (higher = closer to never having seen the forget set); "
+    "MU = harmonic mean of 9 utility numbers; FE = forget efficacy "
+    "(1 - mean(forget ROUGE, prob, 1 - truth-ratio score)). wall s = unlearning steps only.", "",
+    markdown_table(rows, refs), "",
+    "## Hyperparameters", "", "```", json.dumps(setup, indent=1), "```",
+  ]
+  (out / "results.md").write_text("\n".join(md) + "\n")

@@ -1,0 +1,133 @@
+"""Command line: ``python -m experiments.tofu`` (see ``--help``).
+
+Defaults: generated data, the ~1M-parameter ``small`` model, split forget05,
+losses NPO+GD and IDK+GD, optimizers adamw (alternating), dualoptim,
+dualoptim_plus, dualoptim_plus_8bit, one seed and one learning rate. Errors in
+the inputs (bad paths, unknown losses or optimizers, malformed data files)
+print one line naming the problem and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+
+from experiments import losses, optimizers
+from experiments.data import DataError, check_split
+from experiments.train import FineTuneConfig
+
+DEFAULT_LOSSES = ("NPO+GD", "IDK+GD")
+
+
+def _list(text: str, kind=str) -> list:
+  return [kind(x) for x in text.replace(" ", ",").split(",") if x]
+
+
+def parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m experiments.tofu", description=__doc__.split("\n")[0])
+  p.add_argument("--data", default="synthetic",
+                 help="'synthetic' (generated, offline), a folder with TOFU json files, or 'hf'")
+  p.add_argument("--split", default="forget05", help="forget01 | forget05 | forget10")
+  p.add_argument("--task-id", type=int, default=1, help="forget task (TOFU task_id)")
+  p.add_argument("--loss", action="append", default=None,
+                 help="FORGET+RETAIN, e.g. NPO+GD; repeatable or comma list "
+                      f"(forget: {', '.join(losses.FORGET_LOSSES)}; "
+                      f"retain: {', '.join(losses.RETAIN_LOSSES)})")
+  p.add_argument("--optimizers", default=",".join(optimizers.DEFAULT_OPTIMIZERS),
+                 help="comma list: adamw and dualoptim_jax optimizer names")
+  p.add_argument("--seeds", default="0", help="comma list of unlearning seeds")
+  p.add_argument("--lrs", default="1e-3", help="comma list of peak unlearning learning rates")
+  p.add_argument("--steps", type=int, default=None,
+                 help="unlearning steps (default: --epochs epochs of forget batches)")
+  p.add_argument("--epochs", type=int, default=5, help="unlearning epochs when --steps is unset")
+  p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
+  p.add_argument("--model-size", default="small", help="tiny | small (~1M, CPU) | base | large")
+  p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (1024 / TOFU 2048)")
+  p.add_argument("--max-len", type=int, default=None, help="sequence length (64 / TOFU 160)")
+  p.add_argument("--eval-size", type=int, default=40, help="questions evaluated per set")
+  p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (16 / TOFU 30)")
+  p.add_argument("--ft-lr", type=float, default=3e-3, help="fine-tuning peak learning rate")
+  p.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch size")
+  p.add_argument("--retain-limit", type=int, default=100,
+                 help="real TOFU: retain rows used on CPU (first rows of retain_perturbed; 0 = all)")
+  p.add_argument("--n-authors", type=int, default=30, help="generated data: number of authors")
+  p.add_argument("--forget-steps", type=int, default=1)
+  p.add_argument("--retain-steps", type=int, default=5)
+  p.add_argument("--out", default="results", help="output folder")
+  return p
+
+
+def _load(args):
+  check_split(args.split)
+  if args.data == "synthetic":
+    from experiments import synthetic
+
+    return synthetic.generate(args.split, task_id=args.task_id, n_authors=args.n_authors), False
+  from experiments import tofu_data
+
+  limit = args.retain_limit or None
+  if args.data == "hf":
+    return tofu_data.load_hf(args.split, task_id=args.task_id, retain_limit=limit), True
+  path = pathlib.Path(args.data)
+  if not path.exists():
+    raise DataError(f"--data {args.data}: no such folder (use 'synthetic', 'hf' or a TOFU folder)")
+  return tofu_data.load_local(path, args.split, task_id=args.task_id, retain_limit=limit), True
+
+
+def settings_from(args, real: bool):
+  """Validated :class:`~experiments.pipeline.Settings` from parsed arguments."""
+  from experiments.model import MODEL_SIZES
+  from experiments.pipeline import Settings
+
+  names = [n for item in (args.loss or list(DEFAULT_LOSSES)) for n in _list(item)]
+  for n in names:
+    losses.parse_loss(n)
+  opts = _list(args.optimizers)
+  explicit = args.optimizers != ",".join(optimizers.DEFAULT_OPTIMIZERS)
+  for o in list(opts):
+    if not optimizers.available(o):
+      if explicit:
+        raise optimizers.OptimizerUnavailable(
+          f"optimizer {o!r} is not available (adamw or a dualoptim_jax name that exists)"
+        )
+      print(f"[warning] skipping default optimizer {o!r}: not in the installed dualoptim_jax",
+            file=sys.stderr)
+      opts.remove(o)
+  if args.model_size not in MODEL_SIZES:
+    raise ValueError(f"unknown --model-size {args.model_size!r}; choose from {', '.join(MODEL_SIZES)}")
+  try:
+    seeds, lrs = _list(args.seeds, int), _list(args.lrs, float)
+  except ValueError:
+    raise ValueError("--seeds must be integers and --lrs numbers, comma separated") from None
+  if not seeds or not lrs or any(lr <= 0 for lr in lrs):
+    raise ValueError("--seeds and --lrs need at least one value; learning rates must be > 0")
+  ft_epochs = args.ft_epochs or (30 if real else 16)
+  return Settings(
+    out=pathlib.Path(args.out), loss_names=tuple(names), optimizer_names=tuple(opts),
+    seeds=tuple(seeds), lrs=tuple(lrs), steps=args.steps, epochs=args.epochs,
+    batch_size=args.batch_size, model_size=args.model_size,
+    vocab_size=args.vocab_size or (2048 if real else 1024),
+    max_len=args.max_len or (160 if real else 64), eval_size=args.eval_size,
+    finetune=FineTuneConfig(epochs=ft_epochs, batch_size=args.ft_batch_size, lr=args.ft_lr),
+    recipe=optimizers.Recipe(forget_steps=args.forget_steps, retain_steps=args.retain_steps),
+  )
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Parses arguments, runs the pipeline; one-line errors for bad input."""
+  args = parser().parse_args(argv)
+  try:
+    corpus, real = _load(args)
+    s = settings_from(args, real)
+  except (DataError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  from experiments.pipeline import run
+
+  run(corpus, s)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
