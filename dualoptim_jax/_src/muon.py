@@ -19,7 +19,6 @@ for non-2-D leaves and the shape scaling are optax.contrib's own.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -35,12 +34,9 @@ from optax.transforms import _masking
 
 from dualoptim_jax._src import base
 from dualoptim_jax._src import dualoptim_plus as dp
-from dualoptim_jax._src.alias import decay_and_learning_rate, dualoptim_plus
 
 NsCoeffs = tuple[float, float, float] | Sequence[tuple[float, float, float]] | str
 DimNumsOrFn = MuonDimensionNumbers | Any | Callable[[Any], Any] | None
-
-_MUON, _ADAM = "muon", "adam"
 
 
 class ScaleByDualOptimPlusMuonState(NamedTuple):
@@ -52,7 +48,7 @@ class ScaleByDualOptimPlusMuonState(NamedTuple):
   delta_mu: tuple[optax.Updates, ...]  # per-objective momenta Dm_o of the residual g - Bm_hat.
 
 
-def _is_dims(x: Any) -> bool:
+def is_dimension_numbers(x: Any) -> bool:
   return isinstance(x, MuonDimensionNumbers)
 
 
@@ -125,7 +121,7 @@ def resolve_dimension_numbers(spec: DimNumsOrFn, updates: Any) -> Any:
     broadcast,
     spec,
     updates,
-    is_leaf=lambda x: x is None or _is_dims(x) or isinstance(x, _masking.MaskedNode),
+    is_leaf=lambda x: x is None or is_dimension_numbers(x) or isinstance(x, _masking.MaskedNode),
   )
 
 
@@ -275,173 +271,3 @@ def scale_by_dualoptim_plus_muon(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _labels_fn(spec: DimNumsOrFn) -> Callable[[Any], Any]:
-  """``"muon"`` for 2-D (or declared) leaves, ``"adam"`` for the rest."""
-
-  def labels(params):
-    if spec is None:
-      return jax.tree.map(lambda x: _MUON if x.ndim == 2 else _ADAM, params)
-    dims = spec(params) if callable(spec) else spec
-    return jax.tree.map(
-      lambda d, sub: jax.tree.map(lambda _: _ADAM if d is None else _MUON, sub),
-      dims,
-      params,
-      is_leaf=lambda x: x is None or _is_dims(x),
-    )
-
-  return labels
-
-
-def dualoptim_plus_muon(
-  learning_rate: optax.ScalarOrSchedule,
-  *,
-  forget_learning_rate: optax.ScalarOrSchedule | None = None,
-  beta: float = 0.95,
-  base_beta: float = 0.95,
-  ns_coeffs: NsCoeffs = optax_muon._DEFAULT_NS_COEFFS,
-  ns_steps: int = 5,
-  eps: float = 1e-8,
-  weight_decay: optax.ScalarOrSchedule = 0.0,
-  mask: Any = None,
-  forget_steps: int = 1,
-  retain_steps: int = 1,
-  mu_dtype: Any | None = None,
-  nesterov: bool = True,
-  adaptive: bool = False,
-  preconditioning: Literal["frobenius", "spectral", "aol", "schatten"] = "frobenius",
-  consistent_rms: float | None = 0.2,
-  muon_weight_dimension_numbers: DimNumsOrFn = None,
-  adam_learning_rate: optax.ScalarOrSchedule | None = None,
-  adam_forget_learning_rate: optax.ScalarOrSchedule | None = None,
-  adam_b1: float = 0.9,
-  adam_b2: float = 0.95,
-  adam_base_b1: float = 0.9,
-  adam_base_b2: float = 0.95,
-  adam_eps: float = 1e-8,
-  adam_weight_decay: optax.ScalarOrSchedule | None = None,
-  adam_bounded: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-  r"""DualOptim+ Muon for matrices, DualOptim+ (Adam-style) for the other leaves.
-
-  Partitioned like ``optax.contrib.muon``: 2-D leaves (or those
-  ``muon_weight_dimension_numbers`` declares; ``None`` entries opt out) get
-
-  .. math::
-    \Delta p = -\eta_o \big(s \cdot \mathrm{NS}(m) + \lambda p\big),
-
-  with ``m`` the combined momentum of :func:`scale_by_dualoptim_plus_muon`
-  and ``s`` optax's shape scale; embeddings, norms and biases get
-  :func:`dualoptim_plus`. Both follow one objective schedule.
-
-  ``consistent_rms`` defaults to 0.2 (optax's default is None): updates then
-  have about AdamW's RMS, so ``learning_rate`` and ``weight_decay`` mean what
-  they mean for :func:`dualoptim_plus`. ``consistent_rms=None`` gives Keller
-  Jordan's width scaling ``sqrt(max(1, fan_out / fan_in))``.
-
-  Args:
-    learning_rate: the retain learning rate (float or schedule).
-    forget_learning_rate: the forget learning rate; defaults to ``learning_rate``.
-    beta: delta-momentum decay of the matrix leaves.
-    base_beta: base-momentum decay of the matrix leaves (1 disables the base).
-    ns_coeffs: Newton-Schulz coefficients or an optax preset name.
-    ns_steps: Newton-Schulz iterations.
-    eps: Newton-Schulz normalisation epsilon.
-    weight_decay: decoupled weight decay of the matrix leaves (and of the
-      others unless ``adam_weight_decay`` is given).
-    mask: weight-decay mask (tree or callable, as in ``optax.adamw``), used by
-      both partitions.
-    forget_steps, retain_steps: the alternation schedule.
-    mu_dtype: storage dtype of the first moments.
-    nesterov: Nesterov look-ahead of the matrix momenta.
-    adaptive: dual-norm scaling of the orthogonalised update.
-    preconditioning: optax's pre-Newton-Schulz normalisation.
-    consistent_rms: RMS target of the matrix updates, or None for width scaling.
-    muon_weight_dimension_numbers: ``MuonDimensionNumbers`` tree (or callable);
-      ``None`` entries go to the non-matrix rule. Default: 2-D leaves.
-    adam_learning_rate: retain learning rate of the other leaves
-      (default ``learning_rate``).
-    adam_forget_learning_rate: their forget learning rate (default
-      ``forget_learning_rate``, or ``adam_learning_rate`` when that is given).
-    adam_b1, adam_b2, adam_base_b1, adam_base_b2, adam_eps: their DualOptim+
-      hyperparameters.
-    adam_weight_decay: their weight decay (default ``weight_decay``).
-    adam_bounded: their ``bounded`` safeguard.
-
-  Returns:
-    An ``optax.GradientTransformationExtraArgs``.
-
-  Example:
-    >>> import jax, jax.numpy as jnp, optax
-    >>> import dualoptim_jax as do
-    >>> tx = do.dualoptim_plus_muon(5e-2, forget_steps=1, retain_steps=3)
-    >>> target = jnp.arange(6.0).reshape(3, 2)
-    >>> params = {"w": jnp.zeros((3, 2)), "b": jnp.zeros(2)}
-    >>> loss = lambda p: jnp.sum((p["w"] - target) ** 2) + jnp.sum((p["b"] - 1) ** 2)
-    >>> state = tx.init(params)
-    >>> for _ in range(300):
-    ...   updates, state = tx.update(jax.grad(loss)(params), state, params)
-    ...   params = optax.apply_updates(params, updates)
-    >>> bool(loss(params) < 0.05)
-    True
-
-  References:
-    Jordan, `Muon <https://github.com/KellerJordan/Muon>`_, 2024.
-    Liu et al., `Muon is Scalable for LLM Training
-    <https://arxiv.org/abs/2502.16982>`_, 2025.
-  """
-  if adam_forget_learning_rate is None:
-    adam_forget_learning_rate = (
-      forget_learning_rate if adam_learning_rate is None else adam_learning_rate
-    )
-  if adam_learning_rate is None:
-    adam_learning_rate = learning_rate
-  if adam_weight_decay is None:
-    adam_weight_decay = weight_decay
-  labels = _labels_fn(muon_weight_dimension_numbers)
-
-  # Inside the partition the other leaves are MaskedNode; resolving against the
-  # masked updates drops their entries so the trees line up.
-  dims_fn = functools.partial(resolve_dimension_numbers, muon_weight_dimension_numbers)
-
-  return optax.partition(
-    {
-      _MUON: optax.chain(
-        scale_by_dualoptim_plus_muon(
-          ns_coeffs,
-          ns_steps,
-          beta,
-          base_beta,
-          eps,
-          mu_dtype,
-          nesterov=nesterov,
-          adaptive=adaptive,
-          preconditioning=preconditioning,
-          weight_dimension_numbers=dims_fn,
-          forget_steps=forget_steps,
-          retain_steps=retain_steps,
-        ),
-        optax_muon.scale_by_shape(dims_fn, consistent_rms),
-        *decay_and_learning_rate(
-          learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-        ),
-      ),
-      _ADAM: dualoptim_plus(
-        adam_learning_rate,
-        forget_learning_rate=adam_forget_learning_rate,
-        b1=adam_b1,
-        b2=adam_b2,
-        base_b1=adam_base_b1,
-        base_b2=adam_base_b2,
-        eps=adam_eps,
-        weight_decay=adam_weight_decay,
-        mask=mask,
-        forget_steps=forget_steps,
-        retain_steps=retain_steps,
-        bounded=adam_bounded,
-        mu_dtype=mu_dtype,
-      ),
-    },
-    labels,
-  )
