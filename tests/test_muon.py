@@ -98,6 +98,27 @@ def test_reduces_with_declared_dimension_numbers_and_mixed_leaves():
     np.testing.assert_array_equal(a["b"], b["b"])
 
 
+def test_callable_dimension_numbers_route_embeddings_to_dualoptim_plus():
+  def dims(params):
+    return jax.tree_util.tree_map_with_path(
+      lambda path, x: (
+        None if "embed" in jax.tree_util.keystr(path) or x.ndim != 2 else MuonDimensionNumbers()
+      ),
+      params,
+    )
+
+  params = {"embed": jnp.ones((10, 4)), "w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  tx = do.dualoptim_plus_muon(1e-2, muon_weight_dimension_numbers=dims)
+  state = tx.init(params)
+  updates, state = jax.jit(tx.update)(jax.tree.map(jnp.sin, params), state, params)
+  muon_state = state.inner_states["muon"].inner_state[0]
+  plus_state = state.inner_states["adam"].inner_state[0]
+  assert isinstance(muon_state.base_mu["embed"], optax.MaskedNode)
+  assert plus_state.base_mu["embed"].shape == (10, 4)
+  assert muon_state.base_mu["w"].shape == (4, 3)
+  assert all(bool(jnp.all(jnp.isfinite(u))) for u in jax.tree.leaves(updates))
+
+
 def test_momenta_are_dualoptim_plus_first_moments():
   # Same base/delta first moments as DualOptim+ with b1=beta, base_b1=base_beta.
   objectives = [0, 1, 1, 0, 1, 1]
@@ -268,6 +289,9 @@ def test_weight_decay_mask_and_forget_learning_rate():
   tx = do.dualoptim_plus_muon(
     1e-2,
     forget_learning_rate=3e-2,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
     weight_decay=0.5,
     mask=mask,
     forget_steps=1,
@@ -287,6 +311,16 @@ def test_weight_decay_mask_and_forget_learning_rate():
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_array_equal(updates["w"], 0.0)
   np.testing.assert_allclose(updates["b"], -1e-2 * 0.5 * 2.0, rtol=1e-6)
+  # b1/b2 (dualoptim_plus's names) reach the non-matrix leaves.
+  grads = {"w": jnp.ones((2, 3)), "b": jnp.array([1.0, -2.0, 0.5])}
+  ours = do.dualoptim_plus_muon(1e-2, b1=0.5, b2=0.6)
+  plus = do.dualoptim_plus(1e-2, b1=0.5, b2=0.6)
+  u1, s1 = ours.update(grads, ours.init(params), params)
+  b_params = {"b": params["b"]}
+  u2, s2 = plus.update({"b": grads["b"]}, plus.init(b_params), b_params)
+  u1, _ = ours.update(grads, s1, params)
+  u2, _ = plus.update({"b": grads["b"]}, s2, b_params)
+  np.testing.assert_allclose(u1["b"], u2["b"], rtol=1e-6)
 
 
 def test_bf16_params_keep_dtype_and_mu_dtype():

@@ -61,9 +61,10 @@ def dualoptim_plus_muon(
   adam_b2: float = 0.95,
   adam_base_b1: float = 0.9,
   adam_base_b2: float = 0.95,
-  adam_eps: float = 1e-8,
   adam_weight_decay: optax.ScalarOrSchedule | None = None,
   adam_bounded: bool = False,
+  b1: float | None = None,
+  b2: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DualOptim+ Muon for matrices, DualOptim+ (Adam-style) for the other leaves.
 
@@ -89,7 +90,8 @@ def dualoptim_plus_muon(
     base_beta: base-momentum decay of the matrix leaves (1 disables the base).
     ns_coeffs: Newton-Schulz coefficients or an optax preset name.
     ns_steps: Newton-Schulz iterations.
-    eps: Newton-Schulz normalisation epsilon.
+    eps: Newton-Schulz normalisation epsilon, and the other leaves' denominator
+      epsilon (one ``eps`` for both, as in ``optax.contrib.muon``).
     weight_decay: decoupled weight decay of the matrix leaves (and of the
       others unless ``adam_weight_decay`` is given).
     mask: weight-decay mask (tree or callable, as in ``optax.adamw``), used by
@@ -106,10 +108,13 @@ def dualoptim_plus_muon(
       (default ``learning_rate``).
     adam_forget_learning_rate: their forget learning rate (default
       ``forget_learning_rate``, or ``adam_learning_rate`` when that is given).
-    adam_b1, adam_b2, adam_base_b1, adam_base_b2, adam_eps: their DualOptim+
-      hyperparameters.
+    adam_b1, adam_b2, adam_base_b1, adam_base_b2: their DualOptim+ delta and
+      base decays.
     adam_weight_decay: their weight decay (default ``weight_decay``).
     adam_bounded: their ``bounded`` safeguard.
+    b1, b2: :func:`dualoptim_plus`'s spelling of ``adam_b1``, ``adam_b2``
+      (they win when given), so one call builds either optimizer; the matrix
+      momentum's decay is ``beta``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
@@ -137,6 +142,8 @@ def dualoptim_plus_muon(
     Liu et al., `Muon is Scalable for LLM Training
     <https://arxiv.org/abs/2502.16982>`_, 2025.
   """
+  adam_b1 = adam_b1 if b1 is None else b1
+  adam_b2 = adam_b2 if b2 is None else b2
   if adam_forget_learning_rate is None:
     adam_forget_learning_rate = (
       forget_learning_rate if adam_learning_rate is None else adam_learning_rate
@@ -180,7 +187,7 @@ def dualoptim_plus_muon(
         b2=adam_b2,
         base_b1=adam_base_b1,
         base_b2=adam_base_b2,
-        eps=adam_eps,
+        eps=eps,
         weight_decay=adam_weight_decay,
         mask=mask,
         forget_steps=forget_steps,
