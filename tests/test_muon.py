@@ -43,8 +43,7 @@ def max_abs_diff(a, b):
   )
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-@pytest.mark.parametrize("consistent_rms", [None, 0.2])
+@pytest.mark.parametrize(("nesterov", "consistent_rms"), [(True, None), (False, 0.2)])
 def test_reduces_to_optax_muon_without_base(nesterov, consistent_rms):
   # base_beta=1 keeps the base at exactly 0; retain_steps=0: one objective.
   ours = do.dualoptim_plus_muon(

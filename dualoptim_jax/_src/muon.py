@@ -30,7 +30,6 @@ from optax.contrib import MuonDimensionNumbers
 # optax exports Muon's building blocks only through its private module; we reuse
 # them rather than keep a second copy of the iteration and its scaling rules.
 from optax.contrib import _muon as optax_muon
-from optax.transforms import _masking
 
 from dualoptim_jax._src import base
 from dualoptim_jax._src import dualoptim_plus as dp
@@ -49,6 +48,7 @@ class ScaleByDualOptimPlusMuonState(NamedTuple):
 
 
 def is_dimension_numbers(x: Any) -> bool:
+  """Whether ``x`` is a ``MuonDimensionNumbers`` (a leaf of a dimension-number tree)."""
   return isinstance(x, MuonDimensionNumbers)
 
 
@@ -95,7 +95,8 @@ def resolve_dimension_numbers(spec: DimNumsOrFn, updates: Any) -> Any:
   """One ``MuonDimensionNumbers`` per array leaf of ``updates`` (a full tree).
 
   ``spec`` is None (every leaf must be 2-D), a (prefix) tree of dimension
-  numbers, or a callable on ``updates``. Masked-out leaves (``MaskedNode``, as
+  numbers whose None entries mean "2-D, default axes", or a callable on
+  ``updates`` returning one. Masked-out leaves (``MaskedNode``, as
   inside ``optax.partition``) stay masked, so the result lines up with
   ``updates`` in ``jax.tree.map``.
   """
@@ -121,7 +122,7 @@ def resolve_dimension_numbers(spec: DimNumsOrFn, updates: Any) -> Any:
     broadcast,
     spec,
     updates,
-    is_leaf=lambda x: x is None or is_dimension_numbers(x) or isinstance(x, _masking.MaskedNode),
+    is_leaf=lambda x: x is None or is_dimension_numbers(x) or isinstance(x, optax.MaskedNode),
   )
 
 
