@@ -1,0 +1,354 @@
+"""DualOptim+ with 8-bit moments (blockwise dynamic quantization, parameter-shaped).
+
+Every quantized moment is two parallel trees built by one ``jax.tree.map``
+over the params each, so a PartitionSpec that fits a parameter fits both:
+
+* ``*_codes``: int8 (signed map) or uint8 (unsigned map) with the parameter's
+  shape;
+* ``*_scales``: float32 per-block absmax, shape
+  ``(*p.shape[:-1], ceil(p.shape[-1] / block_size))``.
+
+Leaves kept in float32 (fewer than ``min_8bit_size`` elements, excluded by
+``keep_fp32``, or a moment kind left unquantized) store the float32 moment in
+the ``*_codes`` tree and a zero-size placeholder of shape
+``(*p.shape[:-1], 0)`` (``()`` for scalars) in the ``*_scales`` tree: same
+rank, no bytes. The codes' dtype tells the update which case a leaf is.
+
+The signed map stores ``Bm``, ``Dm_o`` and ``Dv_o`` (second-moment residuals
+can be negative); the unsigned map stores ``Bv``. Each step decodes the base
+and the active objective's deltas, applies :func:`plus_step` in float32 and
+re-encodes with fresh block absmaxes, as bitsandbytes' 8-bit optimizers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dualoptim_jax._src import base
+from dualoptim_jax._src import quantization as quant
+from dualoptim_jax._src.dualoptim_plus import (
+  ScaleByDualOptimPlusState,
+  advance_counts,
+  check_tree_matches,
+  plus_coefficients,
+  plus_step,
+  select_objective,
+  unzip,
+  write_objective,
+)
+
+KeepFp32 = Callable[[Any, Any], bool] | str | Sequence[str] | None
+
+
+class ScaleByDualOptimPlus8bitState(NamedTuple):
+  """State of :func:`scale_by_dualoptim_plus_8bit` (see the module docstring for the layout)."""
+
+  count: jax.Array  # shape=(), dtype=int32: global step count T.
+  objective_counts: jax.Array  # shape=(K,), dtype=int32: per-objective counts t_o.
+  base_mu_codes: optax.Updates  # Bm: int8 codes (signed map) or float32.
+  base_mu_scales: optax.Updates  # Bm: float32 block absmaxes (zero-size if float32).
+  base_nu_codes: optax.Updates  # Bv: uint8 codes (unsigned map) or float32.
+  base_nu_scales: optax.Updates  # Bv: float32 block absmaxes (zero-size if float32).
+  delta_mu_codes: tuple[optax.Updates, ...]  # Dm_o per objective: int8 codes or float32.
+  delta_mu_scales: tuple[optax.Updates, ...]  # Dm_o per objective: block absmaxes.
+  delta_nu_codes: tuple[optax.Updates, ...]  # Dv_o per objective: int8 codes or float32.
+  delta_nu_scales: tuple[optax.Updates, ...]  # Dv_o per objective: block absmaxes.
+
+
+def keep_fp32_predicate(keep_fp32: KeepFp32) -> Callable[[Any, Any], bool]:
+  """Normalises ``keep_fp32`` (predicate, name or names) to a ``(path, param) -> bool``.
+
+  Strings match as substrings of ``jax.tree_util.keystr(path)``, e.g.
+  ``"embed"`` matches ``['embed']['embedding']``.
+  """
+  if keep_fp32 is None:
+    return lambda path, p: False
+  if callable(keep_fp32):
+    return keep_fp32
+  names = (keep_fp32,) if isinstance(keep_fp32, str) else tuple(keep_fp32)
+  return lambda path, p: any(n in jax.tree_util.keystr(path) for n in names)
+
+
+def is_quantized(codes: Any) -> bool:
+  """Whether a stored moment leaf holds 8-bit codes (else it is the float32 moment)."""
+  return codes.dtype in (jnp.int8, jnp.uint8)
+
+
+class MomentCodec(NamedTuple):
+  """How one optimizer stores its moments: which leaves are 8-bit, and the block size."""
+
+  block_size: int
+  min_8bit_size: int
+  keep_fp32: Callable[[Any, Any], bool]
+
+  def wants_8bit(self, path: Any, p: Any) -> bool:
+    return p.ndim >= 1 and p.size >= self.min_8bit_size and not self.keep_fp32(path, p)
+
+  def init(self, params: Any, *, signed: bool, quantize: bool) -> tuple[Any, Any]:
+    """Zero moments as ``(codes, scales)``: one ``jax.tree.map`` over ``params`` each."""
+
+    def codes(path, p):
+      if quantize and self.wants_8bit(path, p):
+        return quant.zeros(p.shape, signed=signed, block_size=self.block_size).codes
+      return jnp.zeros(p.shape, jnp.float32)
+
+    def scales(path, p):
+      if quantize and self.wants_8bit(path, p):
+        return jnp.zeros(quant.scales_shape(p.shape, self.block_size), jnp.float32)
+      return jnp.zeros((*p.shape[:-1], 0) if p.ndim else (), jnp.float32)
+
+    return (
+      jax.tree_util.tree_map_with_path(codes, params),
+      jax.tree_util.tree_map_with_path(scales, params),
+    )
+
+  def decode(self, codes: jax.Array, scales: jax.Array) -> jax.Array:
+    """The float32 moment of one stored leaf."""
+    if is_quantized(codes):
+      q = quant.QuantizedArray(codes, scales)
+      return quant.dequantize_blockwise(q, block_size=self.block_size)
+    return codes.astype(jnp.float32)
+
+  def encode(
+    self, x: jax.Array, codes: jax.Array, scales: jax.Array
+  ) -> tuple[jax.Array, jax.Array]:
+    """Stores float32 ``x`` in the form of the leaf ``(codes, scales)`` it replaces."""
+    if is_quantized(codes):
+      q = quant.quantize_blockwise(x, signed=codes.dtype == jnp.int8, block_size=self.block_size)
+      return q.codes, q.scales
+    return x.astype(codes.dtype), scales
+
+
+def scale_by_dualoptim_plus_8bit(
+  b1: float | jax.Array = 0.9,
+  b2: float | jax.Array = 0.95,
+  base_b1: float | jax.Array = 0.9,
+  base_b2: float | jax.Array = 0.95,
+  eps: float | jax.Array = 1e-8,
+  *,
+  num_objectives: int = 2,
+  forget_steps: int = 1,
+  retain_steps: int = 1,
+  run_lengths: Sequence[int] | None = None,
+  bounded: bool = False,
+  block_size: int = 256,
+  min_8bit_size: int = 4096,
+  quantize_base: bool = True,
+  quantize_delta: bool = True,
+  keep_fp32: KeepFp32 = None,
+) -> optax.GradientTransformationExtraArgs:
+  """DualOptim+ (:func:`scale_by_dualoptim_plus`) with 8-bit blockwise moments.
+
+  The update rule, the objective selection (``objective=`` keyword or the
+  built-in alternation) and the handling of a traced out-of-range objective
+  (NaN updates, state unchanged) are those of the float32 transformation; only
+  the storage differs. State bytes per parameter: ``6 + 24 / block_size`` for
+  quantized leaves (K = 2) against 24 in float32.
+
+  Args:
+    b1, b2: decays of the delta moments.
+    base_b1, base_b2: decays of the shared base moments.
+    eps: added to the denominator.
+    num_objectives: number of objectives ``K``.
+    forget_steps, retain_steps: run lengths of the two-objective alternation.
+    run_lengths: per-objective run lengths (overrides the two above).
+    bounded: floor the combined second moment at ``m**2`` (``|u| <= 1``).
+    block_size: elements per quantization block along each leaf's last axis
+      (a static int; with ``optax.inject_hyperparams`` list it in ``static_args``).
+    min_8bit_size: leaves with fewer elements keep float32 moments.
+    quantize_base: store ``Bm, Bv`` in 8 bits.
+    quantize_delta: store every ``Dm_o, Dv_o`` in 8 bits.
+    keep_fp32: leaves to keep in float32: a predicate ``(path, param) -> bool``
+      or a string / strings matched against ``jax.tree_util.keystr(path)``
+      (e.g. ``"embed"``).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import dualoptim_jax as do
+    >>> tx = do.scale_by_dualoptim_plus_8bit(min_8bit_size=16)
+    >>> params = {"w": jnp.ones((4, 8))}
+    >>> state = tx.init(params)
+    >>> state.base_mu_codes["w"].dtype, state.base_mu_scales["w"].shape
+    (dtype('int8'), (4, 1))
+    >>> u, state = tx.update({"w": jnp.full((4, 8), 0.5)}, state, params, objective=do.FORGET)
+    >>> round(float(u["w"][0, 0]), 4)
+    1.0
+  """
+  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
+  if run_lengths is None and num_objectives != 2:
+    raise ValueError(f"num_objectives={num_objectives} needs run_lengths (one per objective).")
+  if len(lengths) != num_objectives:
+    raise ValueError(
+      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
+    )
+  for name, value in (("b1", b1), ("b2", b2), ("base_b1", base_b1), ("base_b2", base_b2)):
+    base.check_hyperparameter(name, value, low=0.0, high=1.0)
+  base.check_hyperparameter("eps", eps, low=0.0)
+  codec = make_codec(block_size, min_8bit_size, keep_fp32)
+  k_obj = num_objectives
+
+  def init_fn(params):
+    bm_c, bm_s = codec.init(params, signed=True, quantize=quantize_base)
+    bv_c, bv_s = codec.init(params, signed=False, quantize=quantize_base)
+    deltas = [codec.init(params, signed=True, quantize=quantize_delta) for _ in range(2 * k_obj)]
+    return ScaleByDualOptimPlus8bitState(
+      count=jnp.zeros([], jnp.int32),
+      objective_counts=jnp.zeros([k_obj], jnp.int32),
+      base_mu_codes=bm_c,
+      base_mu_scales=bm_s,
+      base_nu_codes=bv_c,
+      base_nu_scales=bv_s,
+      delta_mu_codes=tuple(c for c, _ in deltas[:k_obj]),
+      delta_mu_scales=tuple(s for _, s in deltas[:k_obj]),
+      delta_nu_codes=tuple(c for c, _ in deltas[k_obj:]),
+      delta_nu_scales=tuple(s for _, s in deltas[k_obj:]),
+    )
+
+  def update_fn(updates, state, params=None, *, objective=None, **extra_args):
+    del params, extra_args
+    check_tree_matches(updates, state.base_mu_codes)
+    obj = base.resolve_objective(objective, state.count, lengths)
+    valid = base.objective_is_valid(obj, k_obj)
+    count, counts = advance_counts(state.count, state.objective_counts, obj, valid)
+    coeffs = plus_coefficients(b1, b2, base_b1, base_b2, eps, count, base.select_count(counts, obj))
+
+    def core(g, bm_c, bm_s, bv_c, bv_s, dm_c, dm_s, dv_c, dv_s):
+      u, nbm, nbv, ndm, ndv = plus_step(
+        g.astype(jnp.float32),
+        codec.decode(bm_c, bm_s),
+        codec.decode(bv_c, bv_s),
+        codec.decode(dm_c, dm_s),
+        codec.decode(dv_c, dv_s),
+        coeffs,
+        bounded=bounded,
+      )
+      return (
+        u.astype(g.dtype),
+        *codec.encode(nbm, bm_c, bm_s),
+        *codec.encode(nbv, bv_c, bv_s),
+        *codec.encode(ndm, dm_c, dm_s),
+        *codec.encode(ndv, dv_c, dv_s),
+      )
+
+    def leaf(g, bm_c, bm_s, bv_c, bv_s, *deltas):
+      dm_c, dm_s, dv_c, dv_s = (deltas[i * k_obj : (i + 1) * k_obj] for i in range(4))
+      act = [select_objective(obj, tree) for tree in (dm_c, dm_s, dv_c, dv_s)]
+      u, *new = core(g, bm_c, bm_s, bv_c, bv_s, *act)
+      new_bm, new_bv, new_dm, new_dv = new[0:2], new[2:4], new[4:6], new[6:8]
+      if not isinstance(valid, bool):
+        u = jnp.where(valid, u, jnp.nan)
+        new_bm = tuple(jnp.where(valid, n, o) for n, o in zip(new_bm, (bm_c, bm_s), strict=True))
+        new_bv = tuple(jnp.where(valid, n, o) for n, o in zip(new_bv, (bv_c, bv_s), strict=True))
+      return (
+        u.astype(g.dtype),
+        *new_bm,
+        *new_bv,
+        write_objective(obj, dm_c, new_dm[0]),
+        write_objective(obj, dm_s, new_dm[1]),
+        write_objective(obj, dv_c, new_dv[0]),
+        write_objective(obj, dv_s, new_dv[1]),
+      )
+
+    out = jax.tree.map(
+      leaf,
+      updates,
+      state.base_mu_codes,
+      state.base_mu_scales,
+      state.base_nu_codes,
+      state.base_nu_scales,
+      *state.delta_mu_codes,
+      *state.delta_mu_scales,
+      *state.delta_nu_codes,
+      *state.delta_nu_scales,
+    )
+    u, bm_c, bm_s, bv_c, bv_s, dm_c, dm_s, dv_c, dv_s = unzip(updates, out, 9)
+    return u, ScaleByDualOptimPlus8bitState(
+      count=count,
+      objective_counts=counts,
+      base_mu_codes=bm_c,
+      base_mu_scales=bm_s,
+      base_nu_codes=bv_c,
+      base_nu_scales=bv_s,
+      delta_mu_codes=unzip(updates, dm_c, k_obj),
+      delta_mu_scales=unzip(updates, dm_s, k_obj),
+      delta_nu_codes=unzip(updates, dv_c, k_obj),
+      delta_nu_scales=unzip(updates, dv_s, k_obj),
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def make_codec(block_size: Any, min_8bit_size: Any, keep_fp32: KeepFp32) -> MomentCodec:
+  """Validates the storage options (they shape the state, so they must be static ints)."""
+  for name, value in (("block_size", block_size), ("min_8bit_size", min_8bit_size)):
+    if isinstance(value, jax.core.Tracer):
+      raise TypeError(
+        f"{name} shapes the optimizer state and cannot be traced; with "
+        f"optax.inject_hyperparams pass static_args=({name!r}, ...)."
+      )
+  block_size, min_8bit_size = int(block_size), int(min_8bit_size)
+  if block_size < 1:
+    raise ValueError(f"block_size must be positive, got {block_size}.")
+  if min_8bit_size < 0:
+    raise ValueError(f"min_8bit_size must be non-negative, got {min_8bit_size}.")
+  return MomentCodec(block_size, min_8bit_size, keep_fp32_predicate(keep_fp32))
+
+
+def find_8bit_state(state: Any, cls: type) -> Any:
+  """The single state of type ``cls`` inside a nested optax state."""
+  found = [
+    s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)
+  ]
+  if len(found) != 1:
+    raise ValueError(f"Expected exactly one {cls.__name__} in the given state, found {len(found)}.")
+  return found[0]
+
+
+def dequantize_dualoptim_plus_state(
+  state: Any, *, block_size: int = 256
+) -> ScaleByDualOptimPlusState:
+  """A float32 view of the DualOptim+ 8-bit state found inside ``state``.
+
+  The result is a :class:`ScaleByDualOptimPlusState`, so the float32 tools
+  (``conflict_metrics``, ``find_dualoptim_plus_state``) read it unchanged.
+
+  Args:
+    state: an optax state containing one 8-bit DualOptim+ state (any nesting).
+    block_size: the block size the optimizer was built with.
+
+  Returns:
+    The decoded state (float32 moments, same counts).
+
+  Example:
+    >>> import jax.numpy as jnp, dualoptim_jax as do
+    >>> tx = do.dualoptim_plus_8bit(1e-3, min_8bit_size=4)
+    >>> p = {"w": jnp.ones((2, 4))}
+    >>> s = tx.init(p)
+    >>> _, s = tx.update({"w": jnp.ones((2, 4))}, s, p, objective=do.FORGET)
+    >>> _, s = tx.update({"w": -jnp.ones((2, 4))}, s, p, objective=do.RETAIN)
+    >>> m = do.conflict_metrics(do.dequantize_dualoptim_plus_state(s))
+    >>> round(float(m["delta_cosine"]), 2)
+    -1.0
+  """
+  st = find_8bit_state(state, ScaleByDualOptimPlus8bitState)
+  codec = make_codec(block_size, 0, None)
+
+  def tree(codes, scales):
+    return jax.tree.map(codec.decode, codes, scales)
+
+  return ScaleByDualOptimPlusState(
+    count=st.count,
+    objective_counts=st.objective_counts,
+    base_mu=tree(st.base_mu_codes, st.base_mu_scales),
+    base_nu=tree(st.base_nu_codes, st.base_nu_scales),
+    delta_mu=tuple(map(tree, st.delta_mu_codes, st.delta_mu_scales)),
+    delta_nu=tuple(map(tree, st.delta_nu_codes, st.delta_nu_scales)),
+  )
