@@ -2,6 +2,9 @@
 
 from dualoptim_jax._src.alias import dualoptim as dualoptim
 from dualoptim_jax._src.alias import dualoptim_plus as dualoptim_plus
+from dualoptim_jax._src.alias_8bit import adamw_8bit as adamw_8bit
+from dualoptim_jax._src.alias_8bit import dualoptim_8bit as dualoptim_8bit
+from dualoptim_jax._src.alias_8bit import dualoptim_plus_8bit as dualoptim_plus_8bit
 from dualoptim_jax._src.alias_muon import dualoptim_plus_muon as dualoptim_plus_muon
 from dualoptim_jax._src.base import FORGET as FORGET
 from dualoptim_jax._src.base import RETAIN as RETAIN
@@ -10,8 +13,19 @@ from dualoptim_jax._src.diagnostics import conflict_metrics as conflict_metrics
 from dualoptim_jax._src.diagnostics import find_dualoptim_plus_state as find_dualoptim_plus_state
 from dualoptim_jax._src.dualoptim import ScaleByDualOptimState as ScaleByDualOptimState
 from dualoptim_jax._src.dualoptim import scale_by_dualoptim as scale_by_dualoptim
+from dualoptim_jax._src.dualoptim_8bit import ScaleByDualOptim8bitState as ScaleByDualOptim8bitState
+from dualoptim_jax._src.dualoptim_8bit import scale_by_dualoptim_8bit as scale_by_dualoptim_8bit
 from dualoptim_jax._src.dualoptim_plus import ScaleByDualOptimPlusState as ScaleByDualOptimPlusState
 from dualoptim_jax._src.dualoptim_plus import scale_by_dualoptim_plus as scale_by_dualoptim_plus
+from dualoptim_jax._src.dualoptim_plus_8bit import (
+  ScaleByDualOptimPlus8bitState as ScaleByDualOptimPlus8bitState,
+)
+from dualoptim_jax._src.dualoptim_plus_8bit import (
+  dequantize_dualoptim_plus_state as dequantize_dualoptim_plus_state,
+)
+from dualoptim_jax._src.dualoptim_plus_8bit import (
+  scale_by_dualoptim_plus_8bit as scale_by_dualoptim_plus_8bit,
+)
 from dualoptim_jax._src.learning_rate import (
   scale_by_objective_learning_rate as scale_by_objective_learning_rate,
 )
@@ -23,16 +37,24 @@ __version__ = "0.1.0"
 __all__ = (
   "FORGET",
   "RETAIN",
+  "ScaleByDualOptim8bitState",
+  "ScaleByDualOptimPlus8bitState",
   "ScaleByDualOptimPlusMuonState",
   "ScaleByDualOptimPlusState",
   "ScaleByDualOptimState",
+  "adamw_8bit",
   "conflict_metrics",
+  "dequantize_dualoptim_plus_state",
   "dualoptim",
+  "dualoptim_8bit",
   "dualoptim_plus",
+  "dualoptim_plus_8bit",
   "dualoptim_plus_muon",
   "find_dualoptim_plus_state",
   "scale_by_dualoptim",
+  "scale_by_dualoptim_8bit",
   "scale_by_dualoptim_plus",
+  "scale_by_dualoptim_plus_8bit",
   "scale_by_dualoptim_plus_muon",
   "scale_by_objective_learning_rate",
   "scheduled_objective",
