@@ -189,7 +189,10 @@ def quantize_blockwise(x: jax.Array, *, signed: bool, block_size: int = 256) -> 
   blocks = _blocks(jnp.asarray(x, jnp.float32), block_size)
   absmax = jnp.max(jnp.abs(blocks), axis=-1)
   safe = jnp.where(absmax > 0, absmax, jnp.float32(1))
-  normed = blocks * (jnp.float32(1) / safe)[..., None]
+  # XLA turns the division into a multiplication by 1 / absmax, which is
+  # subnormal (flushed to 0 on CPU) above 2**126: shrink such blocks first (exact).
+  shrink = jnp.where(safe > jnp.float32(2.0**100), jnp.float32(2.0**-8), jnp.float32(1))[..., None]
+  normed = (blocks * shrink) / (safe[..., None] * shrink)
   codes = _encode_normalised(normed, signed)
   codes = codes.reshape(*codes.shape[:-2], -1)[..., :n]
   return QuantizedArray(codes=codes, scales=absmax)
