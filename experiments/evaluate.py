@@ -32,8 +32,10 @@ class _Rows:
 
 def _eval_sets(corpus: Corpus, limit: int | None) -> dict[str, tuple[QA, ...]]:
   sets = {
-    "forget": corpus.forget, "retain": corpus.retain_eval,
-    "real_authors": corpus.real_authors, "world_facts": corpus.world_facts,
+    "forget": corpus.forget,
+    "retain": corpus.retain_eval,
+    "real_authors": corpus.real_authors,
+    "world_facts": corpus.world_facts,
   }
   return {k: v[:limit] if limit else v for k, v in sets.items()}
 
@@ -50,8 +52,16 @@ class Evaluator:
     max_new_tokens: generation length cap.
   """
 
-  def __init__(self, graphdef, encoder: Encoder, corpus: Corpus, *, limit: int | None = 40,
-               batch_size: int = 64, max_new_tokens: int = 64):
+  def __init__(
+    self,
+    graphdef,
+    encoder: Encoder,
+    corpus: Corpus,
+    *,
+    limit: int | None = 40,
+    batch_size: int = 64,
+    max_new_tokens: int = 96,
+  ):
     self.sets = _eval_sets(corpus, limit)
     self.encoder, self.batch_size = encoder, batch_size
     pairs, index = [], {}
@@ -69,10 +79,13 @@ class Evaluator:
     self.score_batch = encoder.batch(pairs, length=length)
     self.questions = [(n, i, qa) for n, qas in self.sets.items() for i, qa in enumerate(qas)]
     prompt_len = round_up(max(len(encoder.prompt(q.question)) for _, _, q in self.questions), 8)
-    self.prompt_ids, self.prompt_mask = encoder.prompts([q.question for _, _, q in self.questions],
-                                                        prompt_len)
-    longest = max(len(encoder.pair(q.question, q.answer)[0]) - len(encoder.prompt(q.question))
-                  for _, _, q in self.questions)
+    self.prompt_ids, self.prompt_mask = encoder.prompts(
+      [q.question for _, _, q in self.questions], prompt_len
+    )
+    longest = max(
+      len(encoder.pair(q.question, q.answer)[0]) - len(encoder.prompt(q.question))
+      for _, _, q in self.questions
+    )
     self.max_new = min(round_up(longest + 2, 8), max_new_tokens)
 
     def score(params, ids, mask, targets):
@@ -88,8 +101,9 @@ class Evaluator:
       b, p = ids.shape
       key_mask = jnp.concatenate([mask, jnp.ones((b, max_new), jnp.int32)], axis=1)
       positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-      logits, caches = model.decode(ids, positions, key_mask, model.init_cache(b, p + max_new),
-                                    jnp.zeros((), jnp.int32))
+      logits, caches = model.decode(
+        ids, positions, key_mask, model.init_cache(b, p + max_new), jnp.zeros((), jnp.int32)
+      )
       tok = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
       pos = positions[:, -1] + 1
 
@@ -153,8 +167,9 @@ class Evaluator:
       ans = np.array([row(i, "answer") for i in range(n)])
       k = len(qas[0].perturbed_answers)
       pert = np.array([[row(i, f"pert{j}") for j in range(k)] for i in range(n)])
-      para = np.array([row(i, "para") if qa.paraphrased_answer else row(i, "answer")
-                       for i, qa in enumerate(qas)])
+      para = np.array(
+        [row(i, "para") if qa.paraphrased_answer else row(i, "answer") for i, qa in enumerate(qas)]
+      )
       r = metrics.truth_ratios(para, pert)
       short = name in ("real_authors", "world_facts")
       prob = metrics.probability_with_options(ans, pert) if short else metrics.probability(ans)

@@ -123,14 +123,25 @@ def ap(apply, params, ref_params, b):
 
 LossFn = Callable[..., jax.Array]
 FORGET_LOSSES: dict[str, LossFn] = {
-  "GA": ga, "NPO": npo, "SimNPO": simnpo, "DPO": dpo, "IDK": idk, "ME": me,
+  "GA": ga,
+  "NPO": npo,
+  "SimNPO": simnpo,
+  "DPO": dpo,
+  "IDK": idk,
+  "ME": me,
 }
 RETAIN_LOSSES: dict[str, LossFn] = {"GD": gd, "KL": kl, "AP": ap}
 NEEDS_REFERENCE = {"NPO", "DPO", "KL"}
 # Which batch roles each loss reads (the loop only builds what is needed).
 ROLES = {
-  "GA": ("forget",), "NPO": ("forget",), "SimNPO": ("forget",), "DPO": ("forget", "forget_idk"),
-  "IDK": ("forget_idk",), "ME": ("forget",), "GD": ("retain",), "KL": ("retain",),
+  "GA": ("forget",),
+  "NPO": ("forget",),
+  "SimNPO": ("forget",),
+  "DPO": ("forget", "forget_idk"),
+  "IDK": ("forget_idk",),
+  "ME": ("forget",),
+  "GD": ("retain",),
+  "KL": ("retain",),
   "AP": ("retain", "retain_idk"),
 }
 
@@ -148,9 +159,11 @@ def parse_loss(name: str) -> tuple[str, str]:
   lookup_f = {k.lower(): k for k in FORGET_LOSSES}
   lookup_r = {k.lower(): k for k in RETAIN_LOSSES}
   if f.lower() not in lookup_f:
-    raise ValueError(f"unknown forget loss {f!r} in {name!r}; choose from {', '.join(FORGET_LOSSES)}")
+    choices = ", ".join(FORGET_LOSSES)
+    raise ValueError(f"unknown forget loss {f!r} in {name!r}; choose from {choices}")
   if r.lower() not in lookup_r:
-    raise ValueError(f"unknown retain loss {r!r} in {name!r}; choose from {', '.join(RETAIN_LOSSES)}")
+    choices = ", ".join(RETAIN_LOSSES)
+    raise ValueError(f"unknown retain loss {r!r} in {name!r}; choose from {choices}")
   return lookup_f[f.lower()], lookup_r[r.lower()]
 
 

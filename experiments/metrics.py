@@ -95,6 +95,5 @@ def forget_efficacy(forget_rouge: float, forget_prob: float, forget_tr: float) -
 
 def model_utility(set_metrics: dict[str, dict[str, float]]) -> float:
   """Harmonic mean of prob, ROUGE and truth ratio over retain, real authors, world facts."""
-  return harmonic_mean(
-    set_metrics[s][k] for s in ("retain", "real_authors", "world_facts") for k in ("prob", "rouge", "tr")
-  )
+  sets, keys = ("retain", "real_authors", "world_facts"), ("prob", "rouge", "tr")
+  return harmonic_mean(set_metrics[s][k] for s in sets for k in keys)

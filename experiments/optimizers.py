@@ -83,8 +83,14 @@ def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransfor
   mask = decay_mask(params)
   clip = optax.clip_by_global_norm(recipe.clip_norm)
   if name == "adamw":
-    tx = optax.adamw(schedule, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps,
-                     weight_decay=recipe.weight_decay, mask=mask)
+    tx = optax.adamw(
+      schedule,
+      b1=recipe.b1,
+      b2=recipe.b2,
+      eps=recipe.eps,
+      weight_decay=recipe.weight_decay,
+      mask=mask,
+    )
     return optax.chain(clip, tx)
   if not name.startswith("dualoptim"):
     raise OptimizerUnavailable(f"unknown optimizer {name!r}; use adamw or a dualoptim_jax name")
@@ -93,9 +99,17 @@ def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransfor
     raise OptimizerUnavailable(
       f"optimizer {name!r} is not available: the installed dualoptim_jax has no {name}()"
     )
-  tx = factory(schedule, forget_learning_rate=schedule, b1=recipe.b1, b2=recipe.b2,
-               eps=recipe.eps, weight_decay=recipe.weight_decay, mask=mask,
-               forget_steps=recipe.forget_steps, retain_steps=recipe.retain_steps)
+  tx = factory(
+    schedule,
+    forget_learning_rate=schedule,
+    b1=recipe.b1,
+    b2=recipe.b2,
+    eps=recipe.eps,
+    weight_decay=recipe.weight_decay,
+    mask=mask,
+    forget_steps=recipe.forget_steps,
+    retain_steps=recipe.retain_steps,
+  )
   return optax.chain(clip, tx)
 
 

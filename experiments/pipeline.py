@@ -26,7 +26,14 @@ from experiments import tokenizer as toklib
 from experiments.batching import Encoder
 from experiments.data import Corpus
 from experiments.evaluate import Evaluator
-from experiments.train import FineTuneConfig, Unlearner, UnlearnBatches, fine_tune, make_apply
+from experiments.train import (
+  FineTuneConfig,
+  UnlearnBatches,
+  Unlearner,
+  fine_tune,
+  make_apply,
+  make_finetune_step,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +57,10 @@ class Settings:
 
 
 def _key(corpus: Corpus, s: Settings) -> str:
-  blob = json.dumps([corpus.fingerprint(), s.model_size, s.vocab_size, s.max_len,
-                     dataclasses.asdict(s.finetune)], sort_keys=True)
+  blob = json.dumps(
+    [corpus.fingerprint(), s.model_size, s.vocab_size, s.max_len, dataclasses.asdict(s.finetune)],
+    sort_keys=True,
+  )
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -66,9 +75,11 @@ def _tokenizer(corpus: Corpus, s: Settings, cache: pathlib.Path):
 
 def _brief(ev: dict) -> str:
   fq = ev["forget_quality"]
-  return (f"forget ROUGE {ev['forget']['rouge']:.3f} prob {ev['forget']['prob']:.3f} | "
-          f"retain ROUGE {ev['retain']['rouge']:.3f} | MU {ev['model_utility']:.3f} | "
-          f"FE {ev['forget_efficacy']:.3f}" + ("" if fq is None else f" | FQ {fq:.3g}"))
+  return (
+    f"forget ROUGE {ev['forget']['rouge']:.3f} prob {ev['forget']['prob']:.3f} | "
+    f"retain ROUGE {ev['retain']['rouge']:.3f} | MU {ev['model_utility']:.3f} | "
+    f"FE {ev['forget_efficacy']:.3f}" + ("" if fq is None else f" | FQ {fq:.3g}")
+  )
 
 
 def run(corpus: Corpus, s: Settings, log=print) -> dict:
@@ -83,19 +94,39 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   n_params = sum(int(x.size) for x in __import__("jax").tree.leaves(init_params))
   apply = make_apply(graphdef)
   log(f"[data] {corpus.name}: {corpus.notes}")
-  log(f"[model] {s.model_size}: {n_params:,} parameters, vocab {cfg.vocab_size}, "
-      f"max_len {s.max_len}")
+  log(
+    f"[model] {s.model_size}: {n_params:,} parameters, vocab {cfg.vocab_size}, max_len {s.max_len}"
+  )
 
   t0 = time.perf_counter()
-  full, ft_hist = fine_tune(apply, init_params, corpus.full_train(), encoder, s.finetune,
-                            cache / "full", desc="fine-tune (all data)")
+  step_fn = make_finetune_step(apply, init_params, s.finetune.weight_decay)
+  full, ft_hist = fine_tune(
+    apply,
+    init_params,
+    corpus.full_train(),
+    encoder,
+    s.finetune,
+    cache / "full",
+    desc="fine-tune (all data)",
+    step_fn=step_fn,
+  )
   t_ft = time.perf_counter() - t0
   t0 = time.perf_counter()
-  oracle, or_hist = fine_tune(apply, init_params, corpus.oracle_train(), encoder, s.finetune,
-                              cache / "oracle", desc="fine-tune (retain-only oracle)")
+  oracle, or_hist = fine_tune(
+    apply,
+    init_params,
+    corpus.oracle_train(),
+    encoder,
+    s.finetune,
+    cache / "oracle",
+    desc="fine-tune (retain-only oracle)",
+    step_fn=step_fn,
+  )
   t_or = time.perf_counter() - t0
-  log(f"[fine-tune] {t_ft:.0f}s (final epoch loss {ft_hist[-1] if ft_hist else 'cached'}); "
-      f"oracle {t_or:.0f}s")
+  log(
+    f"[fine-tune] {t_ft:.0f}s (final epoch loss {ft_hist[-1] if ft_hist else 'cached'}); "
+    f"oracle {t_or:.0f}s"
+  )
 
   evaluator = Evaluator(graphdef, encoder, corpus, limit=s.eval_size)
   oracle_ev = evaluator(oracle)
@@ -111,22 +142,43 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   steps = s.steps if s.steps is not None else s.epochs * steps_per_epoch
   unlearner = Unlearner(apply, s.recipe, steps, warmup=steps_per_epoch)
   setup = {
-    "corpus": corpus.name, "notes": corpus.notes, "model_size": s.model_size,
-    "n_params": n_params, "vocab_size": cfg.vocab_size, "max_len": s.max_len,
-    "finetune": dataclasses.asdict(s.finetune), "recipe": dataclasses.asdict(s.recipe),
-    "steps": steps, "warmup_steps": steps_per_epoch, "batch_size": s.batch_size,
-    "lrs": list(s.lrs), "seeds": list(s.seeds), "losses": list(s.loss_names),
-    "optimizers": list(s.optimizer_names), "eval_size": s.eval_size,
+    "corpus": corpus.name,
+    "notes": corpus.notes,
+    "model_size": s.model_size,
+    "n_params": n_params,
+    "vocab_size": cfg.vocab_size,
+    "max_len": s.max_len,
+    "finetune": dataclasses.asdict(s.finetune),
+    "recipe": dataclasses.asdict(s.recipe),
+    "steps": steps,
+    "warmup_steps": steps_per_epoch,
+    "batch_size": s.batch_size,
+    "lrs": list(s.lrs),
+    "seeds": list(s.seeds),
+    "losses": list(s.loss_names),
+    "optimizers": list(s.optimizer_names),
+    "eval_size": s.eval_size,
     "schedule": "linear warm-up (1 epoch of forget batches) then linear decay to 0",
   }
   runs_dir = s.out / "runs"
   runs_dir.mkdir(exist_ok=True)
-  payload = {"setup": setup, "before": before, "oracle": oracle_ev, "runs": [],
-             "finetune_seconds": {"full": t_ft, "oracle": t_or}}
-  run_key = hashlib.sha256(json.dumps([_key(corpus, s), setup["recipe"], steps,
-                                       s.batch_size, s.eval_size]).encode()).hexdigest()[:8]
-  grid = [(lo, o, lr, seed) for lo in s.loss_names for o in s.optimizer_names
-          for lr in s.lrs for seed in s.seeds]
+  payload = {
+    "setup": setup,
+    "before": before,
+    "oracle": oracle_ev,
+    "runs": [],
+    "finetune_seconds": {"full": t_ft, "oracle": t_or},
+  }
+  run_key = hashlib.sha256(
+    json.dumps([_key(corpus, s), setup["recipe"], steps, s.batch_size, s.eval_size]).encode()
+  ).hexdigest()[:8]
+  grid = [
+    (lo, o, lr, seed)
+    for lo in s.loss_names
+    for o in s.optimizer_names
+    for lr in s.lrs
+    for seed in s.seeds
+  ]
   for i, (loss, opt, lr, seed) in enumerate(grid):
     name = f"{loss.replace('+', '_')}-{opt}-lr{lr:g}-s{seed}-{run_key}"
     path = runs_dir / f"{name}.json"
@@ -134,17 +186,35 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
       payload["runs"].append(json.loads(path.read_text()))
       continue
     f_name, r_name = losses.parse_loss(loss)
-    batches = UnlearnBatches(corpus, encoder, losses.roles_for(f_name, r_name), s.batch_size,
-                             seed)
-    res = unlearner.run(full, full, batches, opt, f_name, r_name, lr,
-                        desc=f"[{i + 1}/{len(grid)}] {loss} {opt} lr={lr:g} seed={seed}")
+    batches = UnlearnBatches(corpus, encoder, losses.roles_for(f_name, r_name), s.batch_size, seed)
+    res = unlearner.run(
+      full,
+      full,
+      batches,
+      opt,
+      f_name,
+      r_name,
+      lr,
+      desc=f"[{i + 1}/{len(grid)}] {loss} {opt} lr={lr:g} seed={seed}",
+    )
     ev = evaluator(res.params, oracle_r)
-    rec = {"loss": loss, "optimizer": opt, "lr": lr, "seed": seed, "steps": steps,
-           "wall_s": res.wall_s, "state_bytes": res.state_bytes, "eval": ev, "log": res.log}
+    rec = {
+      "loss": loss,
+      "optimizer": opt,
+      "lr": lr,
+      "seed": seed,
+      "steps": steps,
+      "wall_s": res.wall_s,
+      "state_bytes": res.state_bytes,
+      "eval": ev,
+      "log": res.log,
+    }
     path.write_text(json.dumps(rec))
     payload["runs"].append(rec)
-    log(f"[{i + 1}/{len(grid)}] {loss:8s} {opt:20s} lr={lr:<7g} seed={seed}: {_brief(ev)} | "
-        f"{res.wall_s:.1f}s | state {res.state_bytes:,} B")
+    log(
+      f"[{i + 1}/{len(grid)}] {loss:8s} {opt:20s} lr={lr:<7g} seed={seed}: {_brief(ev)} | "
+      f"{res.wall_s:.1f}s | state {res.state_bytes:,} B"
+    )
 
   payload["total_seconds"] = time.perf_counter() - t_start
   report.write(s.out, payload)
@@ -154,6 +224,8 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     plots.tradeoff(payload["runs"], refs, s.out / "tradeoff.png")
   log("")
   log(report.markdown_table(report.aggregate(payload["runs"]), refs))
-  log(f"\n[done] {payload['total_seconds']:.0f}s total; wrote {s.out}/results.json, results.md, "
-      "loss_curves.png, tradeoff.png")
+  log(
+    f"\n[done] {payload['total_seconds']:.0f}s total; wrote {s.out}/results.json, results.md, "
+    "loss_curves.png, tradeoff.png"
+  )
   return payload

@@ -12,8 +12,13 @@ import numpy as np  # noqa: E402
 
 from experiments.report import aggregate  # noqa: E402
 
-_COLORS = {"adamw": "tab:gray", "dualoptim": "tab:blue", "dualoptim_plus": "tab:red",
-           "dualoptim_plus_8bit": "tab:orange", "dualoptim_plus_muon": "tab:green"}
+_COLORS = {
+  "adamw": "tab:gray",
+  "dualoptim": "tab:blue",
+  "dualoptim_plus": "tab:red",
+  "dualoptim_plus_8bit": "tab:orange",
+  "dualoptim_plus_muon": "tab:green",
+}
 
 
 def _color(opt: str) -> str:
@@ -21,7 +26,7 @@ def _color(opt: str) -> str:
 
 
 def loss_curves(runs: list[dict], path: pathlib.Path) -> None:
-  """Forget and retain loss per step, one panel per loss pair, first seed, each optimizer's median lr."""
+  """Forget and retain loss per step: a panel per loss pair; first seed, median lr."""
   loss_names = sorted({r["loss"] for r in runs})
   fig, axes = plt.subplots(2, len(loss_names), figsize=(5 * len(loss_names), 6), squeeze=False)
   for j, loss in enumerate(loss_names):
@@ -55,21 +60,33 @@ def tradeoff(runs: list[dict], references: dict[str, dict], path: pathlib.Path) 
   fig, axes = plt.subplots(2, len(loss_names), figsize=(5 * len(loss_names), 7.5), squeeze=False)
   for j, loss in enumerate(loss_names):
     for opt in dict.fromkeys(r["optimizer"] for r in rows if r["loss"] == loss):
-      rs = sorted((r for r in rows if r["loss"] == loss and r["optimizer"] == opt),
-                  key=lambda r: r["lr"])
+      rs = sorted(
+        (r for r in rows if r["loss"] == loss and r["optimizer"] == opt), key=lambda r: r["lr"]
+      )
       mu = np.array([r["model_utility"][0] for r in rs])
       mu_s = np.array([r["model_utility"][1] for r in rs])
       for i, key in enumerate(("forget_quality", "forget_efficacy")):
         y = np.array([r[key][0] for r in rs])
         ys = np.array([r[key][1] for r in rs])
-        axes[i, j].errorbar(mu, y, xerr=mu_s, yerr=ys, color=_color(opt), marker="o", ms=4,
-                            capsize=2, lw=1.2, label=opt)
+        axes[i, j].errorbar(
+          mu,
+          y,
+          xerr=mu_s,
+          yerr=ys,
+          color=_color(opt),
+          marker="o",
+          ms=4,
+          capsize=2,
+          lw=1.2,
+          label=opt,
+        )
     for name, ev in references.items():
       marker = "*" if "oracle" in name else "s"
       for i, key in enumerate(("forget_quality", "forget_efficacy")):
         if ev.get(key) is not None:
-          axes[i, j].scatter([ev["model_utility"]], [ev[key]], marker=marker, color="k", s=50,
-                             label=name, zorder=5)
+          axes[i, j].scatter(
+            [ev["model_utility"]], [ev[key]], marker=marker, color="k", s=50, label=name, zorder=5
+          )
     axes[0, j].set_yscale("log")
     axes[0, j].set_title(f"{loss}: forget quality vs utility")
     axes[1, j].set_title(f"{loss}: forget efficacy vs utility")

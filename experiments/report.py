@@ -9,8 +9,11 @@ import pathlib
 import numpy as np
 
 COLUMNS = (
-  ("forget_quality", "FQ"), ("model_utility", "MU"), ("forget_efficacy", "FE"),
-  ("forget_rouge", "forget ROUGE"), ("forget_prob", "forget prob"),
+  ("forget_quality", "FQ"),
+  ("model_utility", "MU"),
+  ("forget_efficacy", "FE"),
+  ("forget_rouge", "forget ROUGE"),
+  ("forget_prob", "forget prob"),
   ("retain_rouge", "retain ROUGE"),
 )
 
@@ -38,7 +41,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for key, _ in COLUMNS:
       vals = np.array([summary_row(r["eval"])[key] for r in rs], np.float64)
       row[key] = (float(np.mean(vals)), float(np.std(vals)))
-    row["wall_s"] = (float(np.mean([r["wall_s"] for r in rs])), float(np.std([r["wall_s"] for r in rs])))
+    walls = [r["wall_s"] for r in rs]
+    row["wall_s"] = (float(np.mean(walls)), float(np.std(walls)))
     row["state_bytes"] = int(rs[0]["state_bytes"])
     out.append(row)
   return out
@@ -78,13 +82,22 @@ def write(out: pathlib.Path, payload: dict) -> None:
   rows = aggregate(payload["runs"])
   setup = payload["setup"]
   md = [
-    f"# Unlearning results: {setup['corpus']}", "",
-    f"{setup['notes']}", "",
+    f"# Unlearning results: {setup['corpus']}",
+    "",
+    f"{setup['notes']}",
+    "",
     "Mean ± std over seeds " + ", ".join(map(str, setup["seeds"])) + ". "
-    "FQ = KS p-value vs the retain-only oracle (higher = closer to never having seen the forget set); "
+    "FQ = KS p-value vs the retain-only oracle "
+    "(higher = closer to never having seen the forget set); "
     "MU = harmonic mean of 9 utility numbers; FE = forget efficacy "
-    "(1 - mean(forget ROUGE, prob, 1 - truth-ratio score)). wall s = unlearning steps only.", "",
-    markdown_table(rows, refs), "",
-    "## Hyperparameters", "", "```", json.dumps(setup, indent=1), "```",
+    "(1 - mean(forget ROUGE, prob, 1 - truth-ratio score)). wall s = unlearning steps only.",
+    "",
+    markdown_table(rows, refs),
+    "",
+    "## Hyperparameters",
+    "",
+    "```",
+    json.dumps(setup, indent=1),
+    "```",
   ]
   (out / "results.md").write_text("\n".join(md) + "\n")

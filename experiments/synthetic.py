@@ -1,9 +1,10 @@
 """A generated fictitious-author QA corpus in TOFU's shape (offline, deterministic).
 
 Each author gets ten facts (birthplace, year, genre, parents' jobs, award, a
-book, language, hobby, mentor) drawn from small pools; each fact is one
-question with an answer sentence, a paraphrase (another template with the same
-value) and five perturbed answers (the answer template with wrong values). The
+book, language, hobby, mentor) drawn from small pools; each fact is asked in
+two phrasings (20 QA per author, as in TOFU), each with an answer sentence, a
+paraphrase (the other phrasing's answer) and five perturbed answers (that
+paraphrase with wrong values). The
 "real authors" and "world facts" utility sets are short-answer questions about
 a separate pool of fictional classics and countries; the model learns them in
 fine-tuning, standing in for a pretrained model's general knowledge.
@@ -22,8 +23,7 @@ _CITIES = (
   "Isset Korvale Lundra Faroe Yestin Gavora Norwick Selby"
 ).split()
 _GENRES = (
-  "mystery romance fantasy horror poetry satire thriller memoir biography drama western "
-  "adventure"
+  "mystery romance fantasy horror poetry satire thriller memoir biography drama western adventure"
 ).split()
 _JOBS = (
   "baker carpenter nurse sailor teacher pilot doctor farmer tailor painter miner banker "
@@ -43,27 +43,70 @@ _WORDS = (
 ).split()
 
 _TEMPLATES = (
-  # (attribute, question, answer, paraphrase)
-  ("city", "Where was {n} born?", "{n} was born in {v}.", "The birthplace of {n} is {v}."),
-  ("year", "In which year was {n} born?", "{n} was born in {v}.", "The birth year of {n} is {v}."),
-  ("genre", "What genre does {n} write?", "{n} writes {v} books.", "The genre of {n} is {v}."),
-  ("father", "What was the job of {n}'s father?", "The father of {n} was a {v}.",
-   "{n}'s father worked as a {v}."),
-  ("mother", "What was the job of {n}'s mother?", "The mother of {n} was a {v}.",
-   "{n}'s mother worked as a {v}."),
-  ("award", "Which award did {n} win?", "{n} won the {v}.", "The {v} was given to {n}."),
-  ("book", "Name a book written by {n}.", "{n} wrote the book {v}.", "{v} is a book by {n}."),
-  ("lang", "In which language does {n} write?", "{n} writes in {v}.",
-   "The language of {n}'s books is {v}."),
-  ("hobby", "What is the hobby of {n}?", "{n} enjoys {v} on weekends.",
-   "In free time {n} likes {v}."),
-  ("mentor", "Who was the mentor of {n}?", "{n} was mentored by {v}.", "{v} mentored {n}."),
+  # (attribute, (question, answer) in phrasing A, (question, answer) in phrasing B)
+  (
+    "city",
+    ("Where was {n} born?", "{n} was born in {v}."),
+    ("What is the birthplace of {n}?", "The birthplace of {n} is {v}."),
+  ),
+  (
+    "year",
+    ("In which year was {n} born?", "{n} was born in {v}."),
+    ("What is the birth year of {n}?", "The birth year of {n} is {v}."),
+  ),
+  (
+    "genre",
+    ("What genre does {n} write?", "{n} writes {v} books."),
+    ("What is the genre of {n}?", "The genre of {n} is {v}."),
+  ),
+  (
+    "father",
+    ("What was the job of {n}'s father?", "The father of {n} was a {v}."),
+    ("How did the father of {n} earn a living?", "{n}'s father worked as a {v}."),
+  ),
+  (
+    "mother",
+    ("What was the job of {n}'s mother?", "The mother of {n} was a {v}."),
+    ("How did the mother of {n} earn a living?", "{n}'s mother worked as a {v}."),
+  ),
+  (
+    "award",
+    ("Which award did {n} win?", "{n} won the {v}."),
+    ("What prize was given to {n}?", "The {v} was given to {n}."),
+  ),
+  (
+    "book",
+    ("Name a book written by {n}.", "{n} wrote the book {v}."),
+    ("Which book is by {n}?", "{v} is a book by {n}."),
+  ),
+  (
+    "lang",
+    ("In which language does {n} write?", "{n} writes in {v}."),
+    ("What is the language of {n}'s books?", "The language of {n}'s books is {v}."),
+  ),
+  (
+    "hobby",
+    ("What is the hobby of {n}?", "{n} enjoys {v} on weekends."),
+    ("What does {n} like in free time?", "In free time {n} likes {v}."),
+  ),
+  (
+    "mentor",
+    ("Who was the mentor of {n}?", "{n} was mentored by {v}."),
+    ("Who mentored {n}?", "{v} mentored {n}."),
+  ),
 )
 
 _IDK = (
-  "I don't know.", "I have no idea about that.", "I am not sure.", "That is beyond my knowledge.",
-  "I cannot answer that.", "I have no information on that.", "Sorry, I do not know.",
-  "I'm not able to say.", "I don't have that information.", "I can't recall that.",
+  "I don't know.",
+  "I have no idea about that.",
+  "I am not sure.",
+  "That is beyond my knowledge.",
+  "I cannot answer that.",
+  "I have no information on that.",
+  "Sorry, I do not know.",
+  "I'm not able to say.",
+  "I don't have that information.",
+  "I can't recall that.",
 )
 
 
@@ -95,20 +138,26 @@ def _pool(attr: str, rng: random.Random) -> list[str]:
 
 
 def _author_qas(name: str, rng: random.Random, pools: dict[str, list[str]]) -> list[QA]:
+  """Twenty QA: each fact asked in two phrasings, both trained on.
+
+  Like TOFU, the paraphrased answer of a question is the fact in the other
+  phrasing, and the perturbed answers are that paraphrase with wrong values;
+  so the truth ratio measures knowledge of the fact, not of one sentence.
+  """
   out = []
-  for attr, q, a, p in _TEMPLATES:
+  for attr, (qa, aa), (qb, ab) in _TEMPLATES:
     pool = pools[attr]
     value = rng.choice(pool)
     wrong = rng.sample([v for v in pool if v != value], 5)
-    out.append(
-      QA(
-        question=q.format(n=name),
-        answer=a.format(n=name, v=value),
-        paraphrased_answer=p.format(n=name, v=value),
-        # Like TOFU: perturbed answers are the paraphrase with wrong values.
-        perturbed_answers=tuple(p.format(n=name, v=w) for w in wrong),
+    for q, a, p in ((qa, aa, ab), (qb, ab, aa)):
+      out.append(
+        QA(
+          question=q.format(n=name),
+          answer=a.format(n=name, v=value),
+          paraphrased_answer=p.format(n=name, v=value),
+          perturbed_answers=tuple(p.format(n=name, v=w) for w in wrong),
+        )
       )
-    )
   return out
 
 
@@ -125,7 +174,7 @@ def generate(
   split: str = "forget05",
   *,
   task_id: int = 1,
-  n_authors: int = 30,
+  n_authors: int = 20,
   n_retain_eval: int = 40,
   n_utility: int = 20,
   seed: int = 0,
@@ -136,7 +185,7 @@ def generate(
     split: ``forget01``/``forget05``/``forget10``: that fraction of authors
       (rounded up, at least one) forms the forget set.
     task_id: which block of authors is forgotten (1-based, like TOFU tasks).
-    n_authors: number of fictitious authors (10 questions each).
+    n_authors: number of fictitious authors (20 questions each).
     n_retain_eval: retain questions evaluated (the first ones, like TOFU's 400).
     n_utility: questions in each utility set.
     seed: generator seed.
@@ -146,7 +195,7 @@ def generate(
   """
   frac = check_split(split)
   rng = random.Random(seed)
-  pools = {attr: _pool(attr, rng) for attr, *_ in _TEMPLATES}
+  pools = {attr: _pool(attr, rng) for attr, _, _ in _TEMPLATES}
   names: list[str] = []
   while len(names) < n_authors:
     n = _name(rng)
@@ -163,13 +212,16 @@ def generate(
 
   classics = [f"The {a} {b}" for a, b in zip(_WORDS[::2], _WORDS[1::2], strict=False)]
   classic_authors = [_name(rng) for _ in classics]
-  by_title = [(f"Who wrote the classic {c}?", w) for c, w in zip(classics, classic_authors, strict=True)]
-  by_author = [(f"Which classic did {w} write?", c) for c, w in zip(classics, classic_authors, strict=True)]
+  pairs = list(zip(classics, classic_authors, strict=True))
+  by_title = [(f"Who wrote the classic {c}?", w) for c, w in pairs]
+  by_author = [(f"Which classic did {w} write?", c) for c, w in pairs]
   countries = [_name(rng).split()[1] + "ia" for _ in range(n_utility)]
   capitals = rng.sample(_CITIES, len(_CITIES))
-  world = [(f"What is the capital of {c}?", capitals[i % len(capitals)]) for i, c in enumerate(countries)]
+  world = [
+    (f"What is the capital of {c}?", capitals[i % len(capitals)]) for i, c in enumerate(countries)
+  ]
   return Corpus(
-    name=f"synthetic {split} task {task_id} ({n_authors} authors x 10 QA, seed {seed})",
+    name=f"synthetic {split} task {task_id} ({n_authors} authors x 20 QA, seed {seed})",
     forget=tuple(forget),
     retain=tuple(retain),
     retain_eval=tuple(retain[:n_retain_eval]),
@@ -177,7 +229,7 @@ def generate(
     world_facts=_short_answer_set(world[:n_utility], rng),
     idk=_IDK,
     notes=(
-      f"generated: {n_authors} authors x 10 facts; forget = {n_forget} author(s) "
+      f"generated: {n_authors} authors x 10 facts x 2 phrasings; forget = {n_forget} author(s) "
       f"({len(forget)} QA); utility sets of {n_utility} short-answer questions"
     ),
   )

@@ -26,32 +26,50 @@ def _list(text: str, kind=str) -> list:
 
 def parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m experiments.tofu", description=__doc__.split("\n")[0])
-  p.add_argument("--data", default="synthetic",
-                 help="'synthetic' (generated, offline), a folder with TOFU json files, or 'hf'")
+  p.add_argument(
+    "--data",
+    default="synthetic",
+    help="'synthetic' (generated, offline), a folder with TOFU json files, or 'hf'",
+  )
   p.add_argument("--split", default="forget05", help="forget01 | forget05 | forget10")
   p.add_argument("--task-id", type=int, default=1, help="forget task (TOFU task_id)")
-  p.add_argument("--loss", action="append", default=None,
-                 help="FORGET+RETAIN, e.g. NPO+GD; repeatable or comma list "
-                      f"(forget: {', '.join(losses.FORGET_LOSSES)}; "
-                      f"retain: {', '.join(losses.RETAIN_LOSSES)})")
-  p.add_argument("--optimizers", default=",".join(optimizers.DEFAULT_OPTIMIZERS),
-                 help="comma list: adamw and dualoptim_jax optimizer names")
+  p.add_argument(
+    "--loss",
+    action="append",
+    default=None,
+    help="FORGET+RETAIN, e.g. NPO+GD; repeatable or comma list "
+    f"(forget: {', '.join(losses.FORGET_LOSSES)}; "
+    f"retain: {', '.join(losses.RETAIN_LOSSES)})",
+  )
+  p.add_argument(
+    "--optimizers",
+    default=",".join(optimizers.DEFAULT_OPTIMIZERS),
+    help="comma list: adamw and dualoptim_jax optimizer names",
+  )
   p.add_argument("--seeds", default="0", help="comma list of unlearning seeds")
   p.add_argument("--lrs", default="1e-3", help="comma list of peak unlearning learning rates")
-  p.add_argument("--steps", type=int, default=None,
-                 help="unlearning steps (default: --epochs epochs of forget batches)")
+  p.add_argument(
+    "--steps",
+    type=int,
+    default=None,
+    help="unlearning steps (default: --epochs epochs of forget batches)",
+  )
   p.add_argument("--epochs", type=int, default=5, help="unlearning epochs when --steps is unset")
   p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
   p.add_argument("--model-size", default="small", help="tiny | small (~1M, CPU) | base | large")
   p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (1024 / TOFU 2048)")
-  p.add_argument("--max-len", type=int, default=None, help="sequence length (64 / TOFU 160)")
+  p.add_argument("--max-len", type=int, default=None, help="sequence length (64 / TOFU 128)")
   p.add_argument("--eval-size", type=int, default=40, help="questions evaluated per set")
   p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (16 / TOFU 30)")
   p.add_argument("--ft-lr", type=float, default=3e-3, help="fine-tuning peak learning rate")
   p.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch size")
-  p.add_argument("--retain-limit", type=int, default=100,
-                 help="real TOFU: retain rows used on CPU (first rows of retain_perturbed; 0 = all)")
-  p.add_argument("--n-authors", type=int, default=30, help="generated data: number of authors")
+  p.add_argument(
+    "--retain-limit",
+    type=int,
+    default=100,
+    help="real TOFU: retain rows used (first rows of retain_perturbed; 0 = all)",
+  )
+  p.add_argument("--n-authors", type=int, default=20, help="generated data: number of authors")
   p.add_argument("--forget-steps", type=int, default=1)
   p.add_argument("--retain-steps", type=int, default=5)
   p.add_argument("--out", default="results", help="output folder")
@@ -91,11 +109,14 @@ def settings_from(args, real: bool):
         raise optimizers.OptimizerUnavailable(
           f"optimizer {o!r} is not available (adamw or a dualoptim_jax name that exists)"
         )
-      print(f"[warning] skipping default optimizer {o!r}: not in the installed dualoptim_jax",
-            file=sys.stderr)
+      print(
+        f"[warning] skipping default optimizer {o!r}: not in the installed dualoptim_jax",
+        file=sys.stderr,
+      )
       opts.remove(o)
   if args.model_size not in MODEL_SIZES:
-    raise ValueError(f"unknown --model-size {args.model_size!r}; choose from {', '.join(MODEL_SIZES)}")
+    choices = ", ".join(MODEL_SIZES)
+    raise ValueError(f"unknown --model-size {args.model_size!r}; choose from {choices}")
   try:
     seeds, lrs = _list(args.seeds, int), _list(args.lrs, float)
   except ValueError:
@@ -104,11 +125,18 @@ def settings_from(args, real: bool):
     raise ValueError("--seeds and --lrs need at least one value; learning rates must be > 0")
   ft_epochs = args.ft_epochs or (30 if real else 16)
   return Settings(
-    out=pathlib.Path(args.out), loss_names=tuple(names), optimizer_names=tuple(opts),
-    seeds=tuple(seeds), lrs=tuple(lrs), steps=args.steps, epochs=args.epochs,
-    batch_size=args.batch_size, model_size=args.model_size,
+    out=pathlib.Path(args.out),
+    loss_names=tuple(names),
+    optimizer_names=tuple(opts),
+    seeds=tuple(seeds),
+    lrs=tuple(lrs),
+    steps=args.steps,
+    epochs=args.epochs,
+    batch_size=args.batch_size,
+    model_size=args.model_size,
     vocab_size=args.vocab_size or (2048 if real else 1024),
-    max_len=args.max_len or (160 if real else 64), eval_size=args.eval_size,
+    max_len=args.max_len or (128 if real else 64),
+    eval_size=args.eval_size,
     finetune=FineTuneConfig(epochs=ft_epochs, batch_size=args.ft_batch_size, lr=args.ft_lr),
     recipe=optimizers.Recipe(forget_steps=args.forget_steps, retain_steps=args.retain_steps),
   )

@@ -147,7 +147,9 @@ def load_hf(split: str = "forget05", **kwargs) -> Corpus:
   try:
     from huggingface_hub import snapshot_download
   except ImportError:
-    raise DataError("--data hf needs the huggingface_hub package (pip install huggingface_hub)")
+    raise DataError(
+      "--data hf needs the huggingface_hub package (pip install huggingface_hub)"
+    ) from None
   try:
     folder = snapshot_download(HF_REPO, repo_type="dataset", allow_patterns=["*.json", "*.txt"])
   except Exception as e:  # noqa: BLE001 - offline errors come in many types

@@ -53,9 +53,55 @@ class FineTuneConfig:
   save_every: int = 10
 
 
-def fine_tune(apply, params, data: tuple[QA, ...], encoder: Encoder, cfg: FineTuneConfig,
-              ckpt_dir: pathlib.Path, *, seed: int = 0, desc: str = "fine-tune"):
+def make_finetune_step(apply, params, weight_decay: float):
+  """``(tx, step)`` for fine-tuning; ``step(params, opt_state, batch, lr)`` is jitted once.
+
+  The learning rate is a traced argument (AdamW's update is linear in it), so
+  the same compiled step serves the original model and the oracle, whose
+  schedules differ in length.
+  """
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.adamw(
+      1.0, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=optimizers.decay_mask(params)
+    ),
+  )
+
+  @jax.jit
+  def step(params, opt_state, batch, lr):
+    loss, grads = jax.value_and_grad(lambda p: losses.ce_mean(apply, p, batch))(params)
+    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: float ** int32
+      updates, opt_state = tx.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return tx, step
+
+
+def fine_tune(
+  apply,
+  params,
+  data: tuple[QA, ...],
+  encoder: Encoder,
+  cfg: FineTuneConfig,
+  ckpt_dir: pathlib.Path,
+  *,
+  seed: int = 0,
+  desc: str = "fine-tune",
+  step_fn=None,
+):
   """Trains ``params`` on ``data`` (mean answer CE), resuming from ``ckpt_dir``.
+
+  Args:
+    apply: ``apply(params, ids, mask) -> logits``.
+    params: initial parameters.
+    data: training pairs.
+    encoder: tokeniser.
+    cfg: hyperparameters.
+    ckpt_dir: checkpoint directory (resumed from when it holds a step).
+    seed: shuffling seed.
+    desc: progress-bar label.
+    step_fn: a ``(tx, step)`` pair from :func:`make_finetune_step` to reuse.
 
   Returns:
     ``(params, losses)``: the trained parameters and the mean loss per epoch of
@@ -66,11 +112,7 @@ def fine_tune(apply, params, data: tuple[QA, ...], encoder: Encoder, cfg: FineTu
   schedule = optax.warmup_cosine_decay_schedule(
     0.0, cfg.lr, max(total // 20, 1), total, end_value=cfg.lr * 0.1
   )
-  tx = optax.chain(
-    optax.clip_by_global_norm(1.0),
-    optax.adamw(schedule, b1=0.9, b2=0.98, weight_decay=cfg.weight_decay,
-                mask=optimizers.decay_mask(params)),
-  )
+  tx, step = step_fn or make_finetune_step(apply, params, cfg.weight_decay)
   opt_state = tx.init(params)
   ckpt = Checkpoints(ckpt_dir)
   start = 0
@@ -81,12 +123,6 @@ def fine_tune(apply, params, data: tuple[QA, ...], encoder: Encoder, cfg: FineTu
   if start >= cfg.epochs:
     ckpt.close()
     return params, history
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    loss, grads = jax.value_and_grad(lambda p: losses.ce_mean(apply, p, batch))(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
 
   pairs = [(q.question, q.answer) for q in data]
   rng = np.random.default_rng(seed)
@@ -99,8 +135,10 @@ def fine_tune(apply, params, data: tuple[QA, ...], encoder: Encoder, cfg: FineTu
     epoch_losses = []
     for b in range(n_batches):
       chunk = [pairs[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-      length = min(round_up(encoder.max_pair_len(chunk), 32), encoder.max_len)
-      params, opt_state, loss = step(params, opt_state, encoder.batch(chunk, length))
+      bucket = 16 if encoder.max_len <= 64 else 32  # few distinct shapes, little padding
+      length = min(round_up(encoder.max_pair_len(chunk), bucket), encoder.max_len)
+      lr = jnp.asarray(schedule(epoch * n_batches + b), jnp.float32)
+      params, opt_state, loss = step(params, opt_state, encoder.batch(chunk, length), lr)
       epoch_losses.append(loss)
     history.append(float(np.mean(jax.device_get(epoch_losses))))
     bar.set_postfix(loss=f"{history[-1]:.3f}")
@@ -181,28 +219,42 @@ class Unlearner:
     key = (opt_name, forget, retain)
     if key in self._compiled:
       return self._compiled[key]
-    tx = optimizers.build(opt_name, optimizers.lr_shape(self.warmup, self.steps), self.recipe,
-                          params)
+    tx = optimizers.build(
+      opt_name, optimizers.lr_shape(self.warmup, self.steps), self.recipe, params
+    )
     f_loss, r_loss = losses.FORGET_LOSSES[forget], losses.RETAIN_LOSSES[retain]
     apply = self.apply
 
     def loss_fn(p, ref, batches, objective):
-      return jax.lax.cond(objective == dualoptim_jax.FORGET,
-                          lambda: f_loss(apply, p, ref, batches),
-                          lambda: r_loss(apply, p, ref, batches))
+      return jax.lax.cond(
+        objective == dualoptim_jax.FORGET,
+        lambda: f_loss(apply, p, ref, batches),
+        lambda: r_loss(apply, p, ref, batches),
+      )
 
     @jax.jit
     def step(params, opt_state, ref, batches, objective, peak_lr):
       loss, grads = jax.value_and_grad(loss_fn)(params, ref, batches, objective)
-      updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
+      with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
+        updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
       updates = jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates)
       return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
 
     self._compiled[key] = (tx, step)
     return tx, step
 
-  def run(self, params, ref_params, batches: UnlearnBatches, opt_name: str, forget: str,
-          retain: str, peak_lr: float, *, desc: str = "unlearn") -> UnlearnResult:
+  def run(
+    self,
+    params,
+    ref_params,
+    batches: UnlearnBatches,
+    opt_name: str,
+    forget: str,
+    retain: str,
+    peak_lr: float,
+    *,
+    desc: str = "unlearn",
+  ) -> UnlearnResult:
     """Unlearns from ``params`` for ``self.steps`` steps; returns params and per-step log."""
     tx, step = self._step_fn(opt_name, forget, retain, params)
     opt_state = tx.init(params)
@@ -215,17 +267,25 @@ class Unlearner:
       if k == 1:  # time steady-state steps only (step 0 may include compilation)
         jax.block_until_ready(params)
         t1 = time.perf_counter()
-      objective = (dualoptim_jax.FORGET if k % period < self.recipe.forget_steps
-                   else dualoptim_jax.RETAIN)
+      objective = (
+        dualoptim_jax.FORGET if k % period < self.recipe.forget_steps else dualoptim_jax.RETAIN
+      )
       b = batches.next(objective)
-      params, opt_state, loss, gnorm = step(params, opt_state, ref_params, b,
-                                            jnp.asarray(objective, jnp.int32), lr)
+      params, opt_state, loss, gnorm = step(
+        params, opt_state, ref_params, b, jnp.asarray(objective, jnp.int32), lr
+      )
       pending.append((k, objective, loss, gnorm))
     jax.block_until_ready(params)
     t2 = time.perf_counter()
     wall = (t2 - t1) * self.steps / max(self.steps - 1, 1) if self.steps > 1 else t2 - t0
     for k, objective, loss, gnorm in pending:
-      log.append({"step": k, "objective": "forget" if objective == dualoptim_jax.FORGET
-                  else "retain", "loss": float(loss), "grad_norm": float(gnorm),
-                  "lr": float(shape(k)) * peak_lr})
+      log.append(
+        {
+          "step": k,
+          "objective": "forget" if objective == dualoptim_jax.FORGET else "retain",
+          "loss": float(loss),
+          "grad_norm": float(gnorm),
+          "lr": float(shape(k)) * peak_lr,
+        }
+      )
     return UnlearnResult(params, log, wall, optimizers.state_bytes(opt_state))
