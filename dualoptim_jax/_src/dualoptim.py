@@ -25,6 +25,7 @@ from dualoptim_jax._src.dualoptim_plus import (
   select_objective,
   unzip,
   write_objective,
+  zero_after,
 )
 
 
@@ -113,16 +114,38 @@ def scale_by_dualoptim(
       mus, nus = moments[:k_obj], moments[k_obj:]
       ct = compute_dtype(g.dtype)
       gc = g.astype(ct)
-      m = b1_ * select_objective(obj, mus).astype(ct) + (1 - b1_) * gc
-      v = b2_ * select_objective(obj, nus).astype(ct) + (1 - b2_) * (gc * gc)
+
+      def new_m(mu):
+        return b1_ * mu.astype(ct) + (1 - b1_) * gc
+
+      def new_v(nu):
+        return b2_ * nu.astype(ct) + (1 - b2_) * (gc * gc)
+
+      m = new_m(select_objective(obj, mus))
+      v = new_v(select_objective(obj, nus))
       u = (m / c1) / (jnp.sqrt(v / c2) + eps_)
       if not isinstance(valid, bool):
         u = jnp.where(valid, u, jnp.nan)
-      return (
-        u.astype(g.dtype),
-        write_objective(obj, mus, m.astype(mus[0].dtype)),
-        write_objective(obj, nus, v.astype(nus[0].dtype)),
-      )
+      u = u.astype(g.dtype)
+      if isinstance(obj, int):
+        return (
+          u,
+          write_objective(obj, mus, m.astype(mus[0].dtype)),
+          write_objective(obj, nus, v.astype(nus[0].dtype)),
+        )
+      # Traced objective: every moment is rewritten (selected back where
+      # inactive). The writes add an exact zero read from u, so they come after
+      # u has read the old moments and XLA keeps no full-size copies of them
+      # (see dualoptim_plus.py).
+      z = zero_after(u).astype(ct)
+
+      def rewrite(olds, step):
+        return tuple(
+          (jnp.where((obj == k) & valid, step(x), x.astype(ct)) + z).astype(x.dtype)
+          for k, x in enumerate(olds)
+        )
+
+      return u, rewrite(mus, new_m), rewrite(nus, new_v)
 
     out = jax.tree.map(leaf, updates, *state.mu, *state.nu)
     u, mus, nus = unzip(updates, out, 3)

@@ -222,31 +222,8 @@ def scale_by_dualoptim_plus(
     coeffs = plus_coefficients(b1, b2, base_b1, base_b2, eps, count, base.select_count(counts, obj))
 
     def leaf(g, bm, bv, *deltas):
-      dms, dvs = deltas[:k_obj], deltas[k_obj:]
-      ct = compute_dtype(g.dtype)
-
-      def up(x):
-        return x.astype(ct)
-
-      u, nbm, nbv, ndm, ndv = plus_step(
-        up(g),
-        up(bm),
-        up(bv),
-        up(select_objective(obj, dms)),
-        up(select_objective(obj, dvs)),
-        coeffs,
-        bounded=bounded,
-      )
-      if not isinstance(valid, bool):
-        u = jnp.where(valid, u, jnp.nan)
-        nbm = jnp.where(valid, nbm, up(bm))
-        nbv = jnp.where(valid, nbv, up(bv))
-      return (
-        u.astype(g.dtype),
-        nbm.astype(bm.dtype),
-        nbv.astype(bv.dtype),
-        write_objective(obj, dms, ndm.astype(dms[0].dtype)),
-        write_objective(obj, dvs, ndv.astype(dvs[0].dtype)),
+      return leaf_update(
+        g, bm, bv, deltas[:k_obj], deltas[k_obj:], obj, coeffs, valid, bounded=bounded
       )
 
     out = jax.tree.map(
@@ -264,6 +241,71 @@ def scale_by_dualoptim_plus(
     return u, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# In-place friendly per-leaf update.
+#
+# Params and state are donated, so XLA writes every new moment into its old
+# buffer. A buffer may only be overwritten once nothing still has to read its
+# old value, and XLA proves that from data dependencies alone (XLA:CPU expands
+# ``optimization_barrier`` before copy insertion, so a barrier does not help).
+# Written directly, the rule lets the write of the new ``Bm``/``Bv`` float free
+# of the computations that still read the old ones (``u``, which the caller
+# fuses into the parameter update, and the deltas' updates), and copy insertion
+# keeps full-size copies of the old base moments (and, with a traced
+# objective, of every delta). What keeps the copies out is a free data
+# dependency: the new base moments (and, for a traced objective, the rewritten
+# deltas) add ``zero_after(u)``, an exact 0.0 read from one element of ``u``.
+# ``u`` contains divisions, which XLA does not duplicate into a second consumer,
+# so ``u`` is computed once, before those writes, from the old values; the new
+# deltas it reads are computed before it. The price is that ``u`` becomes one
+# materialised temporary instead of being fused into the caller's parameter
+# update (``tests/test_hlo.py`` checks the compiled HLO for state copies).
+
+
+def zero_after(x: jax.Array) -> jax.Array:
+  """An exact 0 (never NaN) that data-depends on ``x``: orders a write after ``x``."""
+  first = jax.lax.slice(x, (0,) * x.ndim, (1,) * x.ndim).reshape(())
+  return jnp.isnan(first).astype(x.dtype) * jnp.zeros((), x.dtype)
+
+
+def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded):
+  """One leaf of :func:`scale_by_dualoptim_plus`, written so XLA updates the state in place.
+
+  Returns ``(u, base_mu, base_nu, delta_mus, delta_nus)`` in the input dtypes.
+  """
+  ct = compute_dtype(g.dtype)
+
+  def up(x):
+    return x.astype(ct)
+
+  u, nbm, nbv, ndm, ndv = plus_step(
+    up(g), up(bm), up(bv), up(select_objective(objective, dms)),
+    up(select_objective(objective, dvs)), c, bounded=bounded,
+  )
+  if not isinstance(valid, bool):
+    u = jnp.where(valid, u, jnp.nan)
+    nbm = jnp.where(valid, nbm, up(bm))
+    nbv = jnp.where(valid, nbv, up(bv))
+  u = u.astype(g.dtype)
+  z = zero_after(u).astype(ct)
+  if isinstance(objective, int):
+    new_dms = write_objective(objective, dms, ndm.astype(dms[0].dtype))
+    new_dvs = write_objective(objective, dvs, ndv.astype(dvs[0].dtype))
+  else:
+    # Each delta is updated from its own old value (equal to the selected one
+    # where it is written), after u has read the old ones.
+    new_dms, new_dvs = [], []
+    bm_hat, bv_hat = up(bm) / c.base_c1, up(bv) / c.base_c2
+    gc = up(g)
+    for k, (dm, dv) in enumerate(zip(dms, dvs, strict=True)):
+      hit = (objective == k) & valid
+      dm_k = c.b1 * up(dm) + (1 - c.b1) * (gc - bm_hat)
+      dv_k = c.b2 * up(dv) + (1 - c.b2) * (gc * gc - bv_hat)
+      new_dms.append((jnp.where(hit, dm_k, up(dm)) + z).astype(dm.dtype))
+      new_dvs.append((jnp.where(hit, dv_k, up(dv)) + z).astype(dv.dtype))
+    new_dms, new_dvs = tuple(new_dms), tuple(new_dvs)
+  return u, (nbm + z).astype(bm.dtype), (nbv + z).astype(bv.dtype), new_dms, new_dvs
 
 
 def unzip(like: Any, tree_of_tuples: Any, n: int) -> tuple:
