@@ -10,6 +10,8 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -55,7 +57,11 @@ class Checkpoints:
         meta=ocp.args.JsonRestore(),
       ),
     )
-    return out.params, out.opt_state, out.meta
+    # Restored arrays come back committed to a device; jit keys its cache on
+    # that, so hand back plain (uncommitted) arrays like freshly built ones, or
+    # the first step after a restore would compile twice.
+    fresh = lambda t: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), t)
+    return fresh(out.params), fresh(out.opt_state), out.meta
 
   def close(self) -> None:
     """Releases the manager's resources."""
