@@ -204,7 +204,7 @@ def _encode_normalised(y: jax.Array, signed: bool) -> jax.Array:
   negative = (bits >> 31).astype(jnp.bool_)
   key = jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
   table = jnp.asarray(_encode_table_np(signed))
-  entry = table.at[(key >> 16).astype(jnp.int32)].get(mode="promise_in_bounds")
+  entry = _lookup(table, (key >> 16).astype(jnp.int32))
   index = (entry + (key & jnp.uint32(0xFFFF)).astype(jnp.int32)) >> 16
   if signed:
     return (index - 128).astype(jnp.int8)
@@ -217,7 +217,12 @@ def decode_codes(codes: jax.Array) -> jax.Array:
     raise TypeError(f"codes must be int8 (signed map) or uint8 (unsigned map), got {codes.dtype}.")
   signed = codes.dtype == jnp.int8
   index = codes.astype(jnp.int32) + (128 if signed else 0)
-  return dynamic_map(signed).at[index].get(mode="promise_in_bounds")
+  return _lookup(dynamic_map(signed), index)
+
+
+def _lookup(table: jax.Array, index: jax.Array) -> jax.Array:
+  """``table[index]`` for in-range indices, sharded like ``index`` (an elementwise lookup)."""
+  return table.at[index].get(mode="promise_in_bounds", out_sharding=jax.typeof(index).sharding)
 
 
 def dequantize_blockwise(q: QuantizedArray, *, block_size: int = 256) -> jax.Array:
