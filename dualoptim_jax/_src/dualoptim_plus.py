@@ -16,6 +16,7 @@ to one objective lives in its delta, which only that objective's steps touch.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -264,9 +265,22 @@ def scale_by_dualoptim_plus(
 
 
 def zero_after(x: jax.Array) -> jax.Array:
-  """An exact 0 (never NaN) that data-depends on ``x``: orders a write after ``x``."""
-  first = jax.lax.slice(x, (0,) * x.ndim, (1,) * x.ndim).reshape(())
-  return jnp.isnan(first).astype(x.dtype) * jnp.zeros((), x.dtype)
+  """An exact 0 (never NaN) that data-depends on ``x``: orders a write after ``x``.
+
+  It reads the first element of ``x`` (the first element of each shard along
+  dims sharded over explicit mesh axes, so that the slice stays evenly sharded).
+  """
+  if x.size == 0:
+    return jnp.zeros((), x.dtype)
+  sizes = [1] * x.ndim
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is not None and not mesh.empty:
+    for d, entry in enumerate(sharding.spec):
+      names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+      sizes[d] = math.prod(mesh.shape[n] for n in names)
+  first = jax.lax.slice(x, (0,) * x.ndim, tuple(sizes))
+  return jnp.sum(jnp.isnan(first).astype(x.dtype)) * jnp.zeros((), x.dtype)
 
 
 def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded):
