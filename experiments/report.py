@@ -41,8 +41,8 @@ def aggregate(runs: list[dict]) -> list[dict]:
     for key, _ in COLUMNS:
       vals = np.array([summary_row(r["eval"])[key] for r in rs], np.float64)
       row[key] = (float(np.mean(vals)), float(np.std(vals)))
-    walls = [r["wall_s"] for r in rs]
-    row["wall_s"] = (float(np.mean(walls)), float(np.std(walls)))
+    walls = [r["wall_s"] for r in rs]  # median: robust to a step that hit compilation
+    row["wall_s"] = (float(np.median(walls)), float(np.std(walls)))
     row["state_bytes"] = int(rs[0]["state_bytes"])
     out.append(row)
   return out
@@ -90,7 +90,8 @@ def write(out: pathlib.Path, payload: dict) -> None:
     "FQ = KS p-value vs the retain-only oracle "
     "(higher = closer to never having seen the forget set); "
     "MU = harmonic mean of 9 utility numbers; FE = forget efficacy "
-    "(1 - mean(forget ROUGE, prob, 1 - truth-ratio score)). wall s = unlearning steps only.",
+    "(1 - mean(forget ROUGE, prob, 1 - truth-ratio score)). "
+    "wall s = unlearning steps only (median over seeds).",
     "",
     markdown_table(rows, refs),
     "",

@@ -238,7 +238,7 @@ class Unlearner:
       with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
         updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
       updates = jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates)
-      return optax.apply_updates(params, updates), opt_state, loss, optax.global_norm(grads)
+      return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
 
     self._compiled[key] = (tx, step)
     return tx, step
