@@ -96,7 +96,7 @@ _TEMPLATES = (
   ),
 )
 
-_IDK = (
+IDK = (
   "I don't know.",
   "I have no idea about that.",
   "I am not sure.",
@@ -227,7 +227,7 @@ def generate(
     retain_eval=tuple(retain[:n_retain_eval]),
     real_authors=(_short_answer_set(by_title, rng) + _short_answer_set(by_author, rng))[:n_utility],
     world_facts=_short_answer_set(world[:n_utility], rng),
-    idk=_IDK,
+    idk=IDK,
     notes=(
       f"generated: {n_authors} authors x 10 facts x 2 phrasings; forget = {n_forget} author(s) "
       f"({len(forget)} QA); utility sets of {n_utility} short-answer questions"

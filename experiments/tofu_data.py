@@ -71,6 +71,7 @@ def load_local(
   task_id: int = 1,
   retain_limit: int | None = 100,
   utility_limit: int | None = 40,
+  idk_fallback: tuple[str, ...] | None = None,
 ) -> Corpus:
   """Reads TOFU from ``folder``.
 
@@ -80,6 +81,8 @@ def load_local(
     task_id: the forget task (TOFU's ``task_id``; the benchmark uses 1).
     retain_limit: retain rows kept (see the module docstring), or None for all.
     utility_limit: rows kept from each utility set, or None for all.
+    idk_fallback: refusals used when ``idontknow.txt`` is absent (the HF copy
+      has none); None makes its absence an error.
 
   Returns:
     A :class:`~experiments.data.Corpus`.
@@ -120,9 +123,12 @@ def load_local(
     return tuple(rows[:utility_limit] if utility_limit is not None else rows)
 
   idk_path = root / "idontknow.txt"
-  if not idk_path.is_file():
+  if idk_path.is_file():
+    idk = tuple(s.strip() for s in idk_path.read_text(encoding="utf-8").splitlines() if s.strip())
+  elif idk_fallback:
+    idk = tuple(idk_fallback)
+  else:
     raise DataError(f"missing data file {idk_path}")
-  idk = tuple(s.strip() for s in idk_path.read_text(encoding="utf-8").splitlines() if s.strip())
   if not idk:
     raise DataError(f"{idk_path}: no refusal sentences")
   sub = "all" if retain_limit is None else f"first {len(retain)} rows of retain_perturbed.json"
@@ -157,4 +163,6 @@ def load_hf(split: str = "forget05", **kwargs) -> Corpus:
       f"could not download {HF_REPO} from the HF hub ({type(e).__name__}); "
       "pass a local folder with --data PATH instead"
     ) from None
-  return load_local(folder, split, **kwargs)
+  from experiments.synthetic import IDK
+
+  return load_local(folder, split, idk_fallback=IDK, **kwargs)
