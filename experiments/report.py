@@ -74,6 +74,39 @@ def markdown_table(rows: list[dict], references: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
+def tradeoff_summary(rows: list[dict], mu_before: float, frac: float = 0.9) -> str:
+  """Per (loss, optimizer): the learning rate with the best mean FQ (and FE) among those
+  keeping mean model utility >= ``frac`` x the fine-tuned model's.
+
+  The selection uses the same seeds it reports (optimistic for every optimizer alike).
+  """
+  head = [
+    "loss",
+    "optimizer",
+    f"best FQ (MU >= {frac:g} x before)",
+    "lr",
+    "MU",
+    f"best FE (MU >= {frac:g} x before)",
+    "lr ",
+    "MU ",
+  ]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  keys = dict.fromkeys((r["loss"], r["optimizer"]) for r in rows)
+  for loss, opt in sorted(keys, key=lambda k: k[0]):
+    rs = [r for r in rows if (r["loss"], r["optimizer"]) == (loss, opt)]
+    ok = [r for r in rs if r["model_utility"][0] >= frac * mu_before]
+    cells = [loss, opt]
+    for key in ("forget_quality", "forget_efficacy"):
+      if not ok:
+        cells += ["none qualifies", "-", "-"]
+        continue
+      best = max(ok, key=lambda r, key=key: r[key][0])
+      n = len(best["seeds"])
+      cells += [_fmt(best[key], n), f"{best['lr']:g}", _fmt(best["model_utility"], n)]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def write(out: pathlib.Path, payload: dict) -> None:
   """Writes ``results.json`` and ``results.md`` (table + setup) under ``out``."""
   out.mkdir(parents=True, exist_ok=True)
@@ -94,6 +127,10 @@ def write(out: pathlib.Path, payload: dict) -> None:
     "wall s = unlearning steps only (median over seeds).",
     "",
     markdown_table(rows, refs),
+    "",
+    "## Trade-off summary",
+    "",
+    tradeoff_summary(rows, payload["before"]["model_utility"]),
     "",
     "## Hyperparameters",
     "",
