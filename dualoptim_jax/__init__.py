@@ -31,6 +31,8 @@ from dualoptim_jax._src.learning_rate import (
 )
 from dualoptim_jax._src.muon import ScaleByDualOptimPlusMuonState as ScaleByDualOptimPlusMuonState
 from dualoptim_jax._src.muon import scale_by_dualoptim_plus_muon as scale_by_dualoptim_plus_muon
+from dualoptim_jax._src.sharding import state_partition_specs as state_partition_specs
+from dualoptim_jax._src.sharding import state_shardings as state_shardings
 
 __version__ = "0.1.0"
 
@@ -58,4 +60,6 @@ __all__ = (
   "scale_by_dualoptim_plus_muon",
   "scale_by_objective_learning_rate",
   "scheduled_objective",
+  "state_partition_specs",
+  "state_shardings",
 )
