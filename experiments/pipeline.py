@@ -172,12 +172,14 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   run_key = hashlib.sha256(
     json.dumps([_key(corpus, s), setup["recipe"], steps, s.batch_size, s.eval_size]).encode()
   ).hexdigest()[:8]
+  # Seed-major order: an interrupted job still has whole grids for its first seeds
+  # (each step function is compiled once per optimizer and loss pair either way).
   grid = [
     (lo, o, lr, seed)
+    for seed in s.seeds
     for lo in s.loss_names
     for o in s.optimizer_names
     for lr in s.lrs
-    for seed in s.seeds
   ]
   for i, (loss, opt, lr, seed) in enumerate(grid):
     name = f"{loss.replace('+', '_')}-{opt}-lr{lr:g}-s{seed}-{run_key}"
