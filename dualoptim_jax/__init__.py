@@ -9,6 +9,10 @@ from dualoptim_jax._src.alias_muon import dualoptim_plus_muon as dualoptim_plus_
 from dualoptim_jax._src.base import FORGET as FORGET
 from dualoptim_jax._src.base import RETAIN as RETAIN
 from dualoptim_jax._src.base import scheduled_objective as scheduled_objective
+from dualoptim_jax._src.checkpoint import CheckpointError as CheckpointError
+from dualoptim_jax._src.checkpoint import checkpoint_steps as checkpoint_steps
+from dualoptim_jax._src.checkpoint import restore_checkpoint as restore_checkpoint
+from dualoptim_jax._src.checkpoint import save_checkpoint as save_checkpoint
 from dualoptim_jax._src.diagnostics import conflict_metrics as conflict_metrics
 from dualoptim_jax._src.diagnostics import find_dualoptim_plus_state as find_dualoptim_plus_state
 from dualoptim_jax._src.dualoptim import ScaleByDualOptimState as ScaleByDualOptimState
@@ -37,6 +41,7 @@ from dualoptim_jax._src.sharding import state_shardings as state_shardings
 __version__ = "0.1.0"
 
 __all__ = (
+  "CheckpointError",
   "FORGET",
   "RETAIN",
   "ScaleByDualOptim8bitState",
@@ -45,6 +50,7 @@ __all__ = (
   "ScaleByDualOptimPlusState",
   "ScaleByDualOptimState",
   "adamw_8bit",
+  "checkpoint_steps",
   "conflict_metrics",
   "dequantize_dualoptim_plus_state",
   "dualoptim",
@@ -53,6 +59,8 @@ __all__ = (
   "dualoptim_plus_8bit",
   "dualoptim_plus_muon",
   "find_dualoptim_plus_state",
+  "restore_checkpoint",
+  "save_checkpoint",
   "scale_by_dualoptim",
   "scale_by_dualoptim_8bit",
   "scale_by_dualoptim_plus",
