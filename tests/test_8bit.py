@@ -335,3 +335,34 @@ def test_unlearning_parity_on_a_toy_task():
   # 0.060 vs 0.057, about 3 seed standard deviations apart: quantizing the deltas (their
   # second-moment residual) costs a little. Guard against it getting worse than 10 %.
   np.testing.assert_allclose(f8.mean(0), f32.mean(0), rtol=0.10)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_cpu_row_chunks_match_whole_leaf_updates(monkeypatch, traced):
+  """The single-device CPU cache blocking (off here: 8 devices) gives the whole-leaf result."""
+  from dualoptim_jax._src import dualoptim_plus_8bit as impl
+
+  params = {"w": jax.random.normal(jax.random.key(4), (96, 1024)), "v": jnp.ones((33, 129))}
+  grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+  results = []
+  for enabled in (False, True):
+    monkeypatch.setattr(impl, "chunking_enabled", lambda enabled=enabled: enabled)
+    out = []
+    for tx in (do.dualoptim_plus_8bit(1e-2), do.adamw_8bit(1e-2)):
+      state = tx.init(params)
+      upd = jax.jit(lambda g, s, o, tx=tx: tx.update(g, s, params, objective=o))
+      for k in range(3):
+        obj = jnp.int32(k % 2) if traced else None
+        u, state = upd(jax.tree.map(lambda g, k=k: g * (k + 1.0), grads), state, obj)
+      out.append((u, state))
+    results.append(out)
+  for (u0, s0), (u1, s1) in zip(*results, strict=True):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9), u0, u1)
+    for a, b in zip(jax.tree.leaves(s0), jax.tree.leaves(s1), strict=True):
+      a, b = np.asarray(a), np.asarray(b)
+      assert a.shape == b.shape and a.dtype == b.dtype
+      if a.dtype in (np.int8, np.uint8):  # float32 rounding (FMA) may flip a near-tie code
+        diff = np.abs(a.astype(np.int32) - b.astype(np.int32))
+        assert diff.max(initial=0) <= 1 and diff.mean() < 1e-3
+      else:
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)

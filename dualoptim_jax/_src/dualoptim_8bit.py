@@ -24,7 +24,7 @@ from dualoptim_jax._src.dualoptim_plus import (
   unzip,
   write_objective,
 )
-from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, make_codec
+from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, make_codec, map_row_chunks
 
 
 class ScaleByDualOptim8bitState(NamedTuple):
@@ -114,23 +114,25 @@ def scale_by_dualoptim_8bit(
     f32 = jnp.float32
     b1_, b2_, eps_ = jnp.asarray(b1, f32), jnp.asarray(b2, f32), jnp.asarray(eps, f32)
 
+    def core(g, m_c, m_s, v_c, v_s):
+      gc = g.astype(f32)
+      m = b1_ * codec.decode(m_c, m_s) + (1 - b1_) * gc
+      v = b2_ * codec.decode(v_c, v_s) + (1 - b2_) * (gc * gc)
+      u = (m / c1) / (jnp.sqrt(v / c2) + eps_)
+      return (u.astype(g.dtype), *codec.encode(m, m_c, m_s), *codec.encode(v, v_c, v_s))
+
     def leaf(g, *moments):
       m_c, m_s, v_c, v_s = (moments[i * k_obj : (i + 1) * k_obj] for i in range(4))
       act = [select_objective(obj, tree) for tree in (m_c, m_s, v_c, v_s)]
-      gc = g.astype(f32)
-      m = b1_ * codec.decode(act[0], act[1]) + (1 - b1_) * gc
-      v = b2_ * codec.decode(act[2], act[3]) + (1 - b2_) * (gc * gc)
-      u = (m / c1) / (jnp.sqrt(v / c2) + eps_)
+      u, *new = map_row_chunks(core, (g, *act))
       if not isinstance(valid, bool):
         u = jnp.where(valid, u, jnp.nan)
-      new_m = codec.encode(m, act[0], act[1])
-      new_v = codec.encode(v, act[2], act[3])
       return (
-        u.astype(g.dtype),
-        write_objective(obj, m_c, new_m[0]),
-        write_objective(obj, m_s, new_m[1]),
-        write_objective(obj, v_c, new_v[0]),
-        write_objective(obj, v_s, new_v[1]),
+        u,
+        write_objective(obj, m_c, new[0]),
+        write_objective(obj, m_s, new[1]),
+        write_objective(obj, v_c, new[2]),
+        write_objective(obj, v_s, new[3]),
       )
 
     out = jax.tree.map(

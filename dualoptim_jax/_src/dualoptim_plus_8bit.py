@@ -241,7 +241,7 @@ def scale_by_dualoptim_plus_8bit(
     def leaf(g, bm_c, bm_s, bv_c, bv_s, *deltas):
       dm_c, dm_s, dv_c, dv_s = (deltas[i * k_obj : (i + 1) * k_obj] for i in range(4))
       act = [select_objective(obj, tree) for tree in (dm_c, dm_s, dv_c, dv_s)]
-      u, *new = core(g, bm_c, bm_s, bv_c, bv_s, *act)
+      u, *new = map_row_chunks(core, (g, bm_c, bm_s, bv_c, bv_s, *act))
       new_bm, new_bv, new_dm, new_dv = new[0:2], new[2:4], new[4:6], new[6:8]
       if not isinstance(valid, bool):
         u = jnp.where(valid, u, jnp.nan)
@@ -284,6 +284,41 @@ def scale_by_dualoptim_plus_8bit(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# Cache blocking (CPU). Decoding, updating and re-encoding a moment takes several
+# XLA fusions (the block absmax is a reduction the encode must wait for), so a
+# whole-leaf update streams a few full-size float32 temporaries through memory.
+# Looping over chunks of rows keeps them in cache: 2-3x faster steps on CPU.
+# Skipped with several devices: a loop over a sharded leading axis would make
+# GSPMD gather the leaf, and that layout is what the codes/scales design keeps.
+CHUNK_ELEMENTS = 16384
+
+
+def chunking_enabled() -> bool:
+  """Whether per-leaf updates run in row chunks (single-device CPU only)."""
+  return jax.default_backend() == "cpu" and jax.device_count() == 1
+
+
+def map_row_chunks(fn: Callable[..., tuple], arrays: Sequence[jax.Array]) -> tuple:
+  """``fn(*arrays)``, computed ``CHUNK_ELEMENTS`` elements of rows at a time when worthwhile.
+
+  ``fn`` must treat rows (every axis but the last) independently; every array
+  of ``arrays`` shares the leading axes of ``arrays[0]``. Results are the same
+  as one call on the whole arrays.
+  """
+  g = arrays[0]
+  if g.ndim < 2 or g.size < 2 * CHUNK_ELEMENTS or not chunking_enabled():
+    return fn(*arrays)
+  rows = g.size // g.shape[-1]
+  per = max(1, CHUNK_ELEMENTS // g.shape[-1])
+  while rows % per:
+    per -= 1
+  if per * g.shape[-1] * 4 < CHUNK_ELEMENTS:  # awkward row counts: many tiny chunks
+    return fn(*arrays)
+  split = [a.reshape(rows // per, per, a.shape[-1]) for a in arrays]
+  out = jax.lax.map(lambda xs: fn(*xs), tuple(split))
+  return tuple(o.reshape(*g.shape[:-1], o.shape[-1]) for o in out)
 
 
 def make_codec(block_size: Any, min_8bit_size: Any, keep_fp32: KeepFp32) -> MomentCodec:
