@@ -8,7 +8,7 @@ import optax
 
 from dualoptim_jax._src import base
 from dualoptim_jax._src.dualoptim import scale_by_dualoptim
-from dualoptim_jax._src.dualoptim_plus import scale_by_dualoptim_plus
+from dualoptim_jax._src.dualoptim_plus import order_state_writes, scale_by_dualoptim_plus
 from dualoptim_jax._src.learning_rate import scale_by_objective_learning_rate
 
 
@@ -84,7 +84,9 @@ def dualoptim_plus(
     >>> bool(jnp.all(jnp.abs(params) < 0.2))
     True
   """
-  return optax.chain(
+  # order_state_writes: the moments are overwritten in place after the caller's
+  # parameter update reads them (no state copies; see dualoptim_plus.py).
+  return order_state_writes(optax.chain(
     scale_by_dualoptim_plus(
       b1,
       b2,
@@ -100,7 +102,7 @@ def dualoptim_plus(
     *decay_and_learning_rate(
       learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
     ),
-  )
+  ))
 
 
 def dualoptim(
@@ -142,7 +144,9 @@ def dualoptim(
     >>> round(float(updates["w"][0]), 4)
     -0.02
   """
-  return optax.chain(
+  # order_state_writes: the moments are overwritten in place after the caller's
+  # parameter update reads them (no state copies; see dualoptim_plus.py).
+  return order_state_writes(optax.chain(
     scale_by_dualoptim(
       b1,
       b2,
@@ -155,4 +159,4 @@ def dualoptim(
     *decay_and_learning_rate(
       learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
     ),
-  )
+  ))

@@ -19,6 +19,7 @@ import optax
 
 from dualoptim_jax._src import base
 from dualoptim_jax._src.dualoptim_plus import (
+  WRITES_ORDERED_BY_CALLER,
   advance_counts,
   check_tree_matches,
   compute_dtype,
@@ -99,7 +100,8 @@ def scale_by_dualoptim(
     )
 
   def update_fn(updates, state, params=None, *, objective=None, **extra_args):
-    del params, extra_args
+    del params
+    order = not extra_args.get(WRITES_ORDERED_BY_CALLER, False)
     check_tree_matches(updates, state.mu[0])
     obj = base.resolve_objective(objective, state.count, lengths)
     valid = base.objective_is_valid(obj, k_obj)
@@ -137,7 +139,7 @@ def scale_by_dualoptim(
       # inactive). The writes add an exact zero read from u, so they come after
       # u has read the old moments and XLA keeps no full-size copies of them
       # (see dualoptim_plus.py).
-      z = zero_after(u).astype(ct)
+      z = zero_after(u).astype(ct) if order else jnp.zeros((), ct)
 
       def rewrite(olds, step):
         return tuple(

@@ -215,7 +215,8 @@ def scale_by_dualoptim_plus(
     )
 
   def update_fn(updates, state, params=None, *, objective=None, **extra_args):
-    del params, extra_args
+    del params
+    order = not extra_args.get(WRITES_ORDERED_BY_CALLER, False)
     check_tree_matches(updates, state.base_mu)
     obj = base.resolve_objective(objective, state.count, lengths)
     valid = base.objective_is_valid(obj, k_obj)
@@ -224,7 +225,8 @@ def scale_by_dualoptim_plus(
 
     def leaf(g, bm, bv, *deltas):
       return leaf_update(
-        g, bm, bv, deltas[:k_obj], deltas[k_obj:], obj, coeffs, valid, bounded=bounded
+        g, bm, bv, deltas[:k_obj], deltas[k_obj:], obj, coeffs, valid, bounded=bounded,
+        order=order,
       )
 
     out = jax.tree.map(
@@ -283,10 +285,11 @@ def zero_after(x: jax.Array) -> jax.Array:
   return jnp.sum(jnp.isnan(first).astype(x.dtype)) * jnp.zeros((), x.dtype)
 
 
-def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded):
+def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order=True):
   """One leaf of :func:`scale_by_dualoptim_plus`, written so XLA updates the state in place.
 
   Returns ``(u, base_mu, base_nu, delta_mus, delta_nus)`` in the input dtypes.
+  With ``order=False`` the writes are left unordered for the caller to order.
   """
   ct = compute_dtype(g.dtype)
 
@@ -302,7 +305,8 @@ def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded):
     nbm = jnp.where(valid, nbm, up(bm))
     nbv = jnp.where(valid, nbv, up(bv))
   u = u.astype(g.dtype)
-  z = zero_after(u).astype(ct)
+  # With ``order=False`` the caller orders the writes (see order_state_writes).
+  z = zero_after(u).astype(ct) if order else jnp.zeros((), ct)
   if isinstance(objective, int):
     new_dms = write_objective(objective, dms, ndm.astype(dms[0].dtype))
     new_dvs = write_objective(objective, dvs, ndv.astype(dvs[0].dtype))
@@ -320,6 +324,77 @@ def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded):
       new_dvs.append((jnp.where(hit, dv_k, up(dv)) + z).astype(dv.dtype))
     new_dms, new_dvs = tuple(new_dms), tuple(new_dvs)
   return u, (nbm + z).astype(bm.dtype), (nbv + z).astype(bv.dtype), new_dms, new_dvs
+
+
+WRITES_ORDERED_BY_CALLER = "_dualoptim_state_writes_ordered_by_caller"
+"""Private extra argument: the caller orders the state writes (``order_state_writes``)."""
+
+
+def order_state_writes(
+  tx: optax.GradientTransformationExtraArgs,
+) -> optax.GradientTransformationExtraArgs:
+  """Orders a DualOptim(+) chain's state writes after the caller's parameter update.
+
+  Better than ordering them after ``u`` (``leaf_update``): ``u`` then need not
+  be materialised. ``tx`` must return the final updates (the full chain, with
+  its learning rate). This wrapper computes ``optax.apply_updates(params,
+  updates)`` exactly as the caller will, so XLA merges the two (CSE), and adds
+  ``zero_after`` of each new parameter to every state leaf the step rewrites:
+  the parameter update (which reads the old moments) runs first and the
+  moments are then overwritten in place, with no copy and no temporary. If the
+  caller applies the updates differently, the writes are still ordered after
+  ``u`` (materialised once). Without ``params`` it falls back to ``leaf_update``.
+  """
+
+  def update_fn(updates, state, params=None, **extra_args):
+    if params is None:
+      return tx.update(updates, state, params, **extra_args)
+    extra_args[WRITES_ORDERED_BY_CALLER] = True
+    final, new_state = tx.update(updates, state, params, **extra_args)
+    new_params = optax.apply_updates(params, final)
+    zeros = jax.tree.map(
+      lambda p: zero_after(p) if jnp.issubdtype(p.dtype, jnp.floating) else None, new_params
+    )
+    treedef = jax.tree.structure(params)
+
+    def after(new_tree, old_tree):
+      if jax.tree.structure(new_tree) != treedef:
+        return new_tree
+      return jax.tree.map(
+        lambda new, old, z: new if new is old or z is None else new + z.astype(new.dtype),
+        new_tree, old_tree, zeros,
+      )
+
+    def order(new, old):
+      if not isinstance(new, (ScaleByDualOptimPlusState,)) and not _is_dualoptim_state(new):
+        return new
+      fields = {}
+      for name in new._fields:
+        n, o = getattr(new, name), getattr(old, name)
+        if isinstance(n, tuple) and not hasattr(n, "_fields"):
+          # Per-objective moments. With a static objective only the active one
+          # is rewritten, from its own old value, and the update reads the new
+          # value: nothing to order (ordering would materialise it twice).
+          # With a traced objective every one is rewritten (selected back), and
+          # the update reads the old ones: order them like the base.
+          pairs = zip(jax.tree.leaves(n), jax.tree.leaves(o), strict=True)
+          changed = all(a is not b for a, b in pairs)
+          fields[name] = tuple(after(a, b) for a, b in zip(n, o, strict=True)) if changed else n
+        else:
+          fields[name] = after(n, o)
+      return type(new)(**fields)
+
+    if isinstance(new_state, tuple) and not hasattr(new_state, "_fields"):
+      new_state = tuple(order(n, o) for n, o in zip(new_state, state, strict=True))
+    else:
+      new_state = order(new_state, state)
+    return final, new_state
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def _is_dualoptim_state(x: Any) -> bool:
+  return type(x).__name__ == "ScaleByDualOptimState" and hasattr(x, "mu")
 
 
 def unzip(like: Any, tree_of_tuples: Any, n: int) -> tuple:

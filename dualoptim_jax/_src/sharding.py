@@ -98,7 +98,7 @@ def state_partition_specs(
     >>> params = {"w": jax.ShapeDtypeStruct((8, 4), jnp.float32)}
     >>> specs = do.state_partition_specs(tx, params, {"w": P("data", None)})
     >>> specs[0].base_mu["w"], specs[0].count
-    (PartitionSpec('data', None), PartitionSpec())
+    (P('data', None), P())
   """
   if mesh is None:
     abstract = jax.sharding.get_abstract_mesh()
@@ -163,7 +163,7 @@ def state_shardings(
     >>> shardings = do.state_shardings(tx, params, {"w": NamedSharding(mesh, P("data"))})
     >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
     >>> state[0].base_mu["w"].sharding.spec
-    PartitionSpec('data',)
+    P('data',)
   """
   named = jax.tree.leaves(param_shardings)
   if not named or not all(isinstance(s, NamedSharding) for s in named):

@@ -1,0 +1,88 @@
+"""The compiled step keeps no full-size copy of the optimizer state (params and state donated).
+
+Written directly, DualOptim+ lets XLA overwrite the base moments before the
+computations that still read their old values, and copy insertion then keeps
+full-size copies of them (and, with a traced objective, of every delta); see the
+comment above ``zero_after`` in ``dualoptim_plus.py``. These tests compile one
+training step as a user writes it (``optax.apply_updates``, plain ``jax.jit``,
+``donate_argnums``) and read the optimized HLO.
+"""
+
+import re
+import warnings
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import dualoptim_jax as do
+
+SHAPES = {"w": (96, 160), "b": (160,)}
+OPTIMIZERS = {
+  "dualoptim_plus": lambda: do.dualoptim_plus(1e-3, weight_decay=0.1),
+  "dualoptim_plus_bounded": lambda: do.dualoptim_plus(1e-3, bounded=True),
+  "dualoptim": lambda: do.dualoptim(1e-3, weight_decay=0.1),
+  # The bare transformations order their writes after u instead (no parameter update in sight).
+  "scale_by_dualoptim_plus": lambda: do.scale_by_dualoptim_plus(),
+  "scale_by_dualoptim": lambda: do.scale_by_dualoptim(),
+}
+COPY = re.compile(r"=\s*(\w+)\[([\d,]*)\]\S*\s+copy\(")
+
+
+def compiled_step(tx, mode):
+  params = {k: jnp.ones(s, jnp.float32) for k, s in SHAPES.items()}
+  grads = {k: jnp.full(s, 0.5, jnp.float32) for k, s in SHAPES.items()}
+  state = tx.init(params)
+
+  def step(params, state, grads, objective):
+    extra = {} if mode == "schedule" else {"objective": objective}
+    updates, state = tx.update(grads, state, params, **extra)
+    return optax.apply_updates(params, updates), state
+
+  if mode == "static":
+    fn = jax.jit(step, donate_argnums=(0, 1), static_argnums=(3,))
+    objective = do.RETAIN
+  else:
+    fn = jax.jit(step, donate_argnums=(0, 1))
+    objective = jnp.int32(do.RETAIN)
+  compiled = fn.lower(params, state, grads, objective).compile()
+  return fn, compiled.as_text(), (params, state, grads, objective)
+
+
+def full_size_copies(hlo: str) -> list[str]:
+  """``copy`` instructions whose result has the shape of a parameter (so of a state leaf)."""
+  shapes = {",".join(map(str, s)) for s in SHAPES.values()}
+  return [m.group(0) for m in COPY.finditer(hlo) if m.group(2) in shapes]
+
+
+@pytest.mark.parametrize("mode", ["static", "traced", "schedule"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_no_full_size_state_copies(name, mode):
+  _, hlo, _ = compiled_step(OPTIMIZERS[name](), mode)
+  assert full_size_copies(hlo) == []
+
+
+def test_written_directly_would_copy():
+  """The check has teeth: the direct rule (update reads old Bm after it is rewritten) copies."""
+  b = 0.9
+
+  def direct(p, g, bm, dm):
+    dm = b * dm + (1 - b) * (g - bm)
+    u = (dm + bm) / (jnp.sqrt(jnp.abs(dm)) + 1e-8)
+    return p - 1e-3 * u, b * bm + (1 - b) * g, dm
+
+  x = jnp.ones(SHAPES["w"])
+  hlo = jax.jit(direct, donate_argnums=(0, 2, 3)).lower(x, x, x, x).compile().as_text()
+  assert full_size_copies(hlo)
+
+
+@pytest.mark.parametrize("mode", ["static", "traced"])
+def test_donated_buffers_are_all_used(mode):
+  fn, _, (params, state, grads, objective) = compiled_step(OPTIMIZERS["dualoptim_plus"](), mode)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # "Some donated buffers were not usable" is a UserWarning
+    out = fn(params, state, grads, objective)
+  jax.block_until_ready(out)
+  for leaf in jax.tree.leaves((params, state)):
+    assert leaf.is_deleted()
