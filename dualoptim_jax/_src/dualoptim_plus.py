@@ -263,7 +263,11 @@ def scale_by_dualoptim_plus(
 # so ``u`` is computed once, before those writes, from the old values; the new
 # deltas it reads are computed before it. The price is that ``u`` becomes one
 # materialised temporary instead of being fused into the caller's parameter
-# update (``tests/test_hlo.py`` checks the compiled HLO for state copies).
+# update. The aliases (``dualoptim_plus``, ``dualoptim``) avoid that price with
+# ``order_state_writes`` below: the zeros are read from the caller's new
+# parameters instead, so ``u`` stays fused into the parameter update and the
+# moments are overwritten after it. ``tests/test_hlo.py`` checks the compiled
+# HLO for state-sized copies.
 
 
 def zero_after(x: jax.Array) -> jax.Array:
