@@ -236,27 +236,32 @@ def test_checkpoint_round_trip_is_exact(tmp_path):
 def test_map_params_and_sharding_follow_the_parameters():
   """Every state leaf takes its parameter's PartitionSpec and keeps it through jit updates."""
   mesh = jax.make_mesh((4, 2), ("data", "model"))
-  specs = {"w": P("data", "model"), "b": P()}
-  params = {"w": jnp.ones((64, 1024)), "b": jnp.zeros((7,))}
-  params = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
   assert mesh.axis_types[0] == jax.sharding.AxisType.Explicit
-  tx = do.dualoptim_plus_8bit(1e-3)
-  state = jax.jit(tx.init)(params)
-  state_specs = optax.tree.map_params(
-    tx, lambda _, spec: spec, state, specs, transform_non_params=lambda _: P()
-  )
-  shardings = jax.tree.map(
-    lambda s: NamedSharding(mesh, s), state_specs, is_leaf=lambda x: isinstance(x, P)
-  )
-  state = jax.device_put(state, shardings)
-  inner = state[0]
-  assert inner.base_mu_codes["w"].dtype == jnp.int8
-  assert inner.base_mu_scales["w"].shape == (64, 4)  # last axis: 512 per shard = 2 blocks
-  assert inner.delta_nu_scales[1]["w"].sharding.spec == P("data", "model")
-  grads = jax.tree.map(jnp.ones_like, params)
-  _, new_state = jax.jit(tx.update, out_shardings=(None, shardings))(grads, state, params)
-  assert jax.tree.map(lambda x: x.sharding, new_state) == jax.tree.map(lambda x: x.sharding, state)
-  unsharded = tx.update(jax.device_get(grads), jax.device_get(state), jax.device_get(params))[1]
+  specs = {"w": P("data", "model"), "b": P()}
+  with jax.set_mesh(mesh):
+    params = {"w": jnp.ones((64, 1024)), "b": jnp.zeros((7,))}
+    params = jax.tree.map(lambda x, s: jax.device_put(x, NamedSharding(mesh, s)), params, specs)
+    tx = do.dualoptim_plus_8bit(1e-3)
+    state = jax.jit(tx.init)(params)
+    assert state[0].base_mu_codes["w"].sharding.spec == P("data", "model")  # zeros_like
+    state_specs = optax.tree.map_params(
+      tx, lambda _, spec: spec, state, specs, transform_non_params=lambda _: P()
+    )
+    shardings = jax.tree.map(
+      lambda s: NamedSharding(mesh, s), state_specs, is_leaf=lambda x: isinstance(x, P)
+    )
+    state = jax.device_put(state, shardings)
+    inner = state[0]
+    assert inner.base_mu_codes["w"].dtype == jnp.int8
+    assert inner.base_mu_scales["w"].shape == (64, 4)  # last axis: 512 per shard = 2 blocks
+    assert inner.delta_nu_scales[1]["w"].sharding.spec == P("data", "model")
+    grads = jax.tree.map(jnp.ones_like, params)
+    _, new_state = jax.jit(tx.update, out_shardings=(None, shardings))(grads, state, params)
+    assert jax.tree.map(jax.typeof, new_state) == jax.tree.map(jax.typeof, state)
+    assert jax.tree.map(lambda x: x.sharding, new_state) == jax.tree.map(
+      lambda x: x.sharding, state
+    )
+  unsharded = tx.update(*jax.device_get((grads, state, params)))[1]
   jax.tree.map(
     lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), new_state, unsharded
   )

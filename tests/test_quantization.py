@@ -143,7 +143,9 @@ def test_round_trip_properties(data, shape, signed, block, magnitude):
   assert q.scales.dtype == np.float32
   d = np.asarray(quantization.dequantize_blockwise(q, block_size=block))
   assert d.shape == x.shape and d.dtype == np.float32
-  assert np.all(np.abs(d - x) <= block_bound(x, block, signed))
+  # Subnormals may flush to zero on CPU (documented): allow the smallest normal as slack.
+  tiny = np.finfo(np.float32).tiny
+  assert np.all(np.abs(d - x) <= np.maximum(block_bound(x, block, signed), tiny))
   # Each block's largest magnitude is kept to within the map's end gap.
   np.testing.assert_allclose(np.asarray(q.scales).max(initial=0), np.abs(x).max(), rtol=0)
 

@@ -93,9 +93,10 @@ class MomentCodec(NamedTuple):
     """Zero moments as ``(codes, scales)``: one ``jax.tree.map`` over ``params`` each."""
 
     def codes(path, p):
+      # ``*_like`` keeps a concrete parameter's sharding.
       if quantize and self.wants_8bit(path, p):
-        return quant.zeros(p.shape, signed=signed, block_size=self.block_size).codes
-      return jnp.zeros(p.shape, jnp.float32)
+        return jnp.full_like(p, quant.zero_code(signed), quant.code_dtype(signed))
+      return jnp.zeros_like(p, jnp.float32)
 
     def scales(path, p):
       if quantize and self.wants_8bit(path, p):

@@ -260,10 +260,19 @@ def dequantize_blockwise(q: QuantizedArray, *, block_size: int = 256) -> jax.Arr
   return out.reshape(*out.shape[:-2], -1)[..., :n]
 
 
+def code_dtype(signed: bool) -> jnp.dtype:
+  """int8 for the signed map, uint8 for the unsigned one."""
+  return jnp.dtype(jnp.int8 if signed else jnp.uint8)
+
+
+def zero_code(signed: bool) -> int:
+  """The stored code of 0.0: -1 (sorted index 127) signed, 0 unsigned."""
+  return _ZERO_CODE[bool(signed)]
+
+
 def zeros(shape: tuple[int, ...], *, signed: bool, block_size: int) -> QuantizedArray:
   """The quantized zeros of ``shape`` (what :func:`quantize_blockwise` gives for zeros)."""
-  dtype = jnp.int8 if signed else jnp.uint8
   return QuantizedArray(
-    codes=jnp.full(shape, _ZERO_CODE[signed], dtype),
+    codes=jnp.full(shape, zero_code(signed), code_dtype(signed)),
     scales=jnp.zeros(scales_shape(shape, block_size), jnp.float32),
   )
