@@ -46,8 +46,11 @@ def test_golden_fidelity_no_worse_than_reference():
     theirs = np.abs(r - ours32[k][steps])
     rows[k] = (ours.max(), ours.mean(), theirs.max(), theirs.mean())
   print(json.dumps({k: [f"{v:.3e}" for v in row] for k, row in rows.items()}, indent=1))
+  # w_wide's rows (512) hold whole reference blocks, so there the two 8-bit runs quantize
+  # identically and agree with each other to ~4e-6 relative: allow that much float32 slack.
+  slack = 1 + 1e-4
   for k, (om, oa, tm, ta) in rows.items():
-    assert om <= tm and oa <= ta, (k, rows[k])
+    assert om <= tm * slack and oa <= ta * slack, (k, rows[k])
   # The 8-bit run really is 8-bit (the bias, 300 elements, stays float32 as in bitsandbytes).
   assert max(rows["w_matrix"][:2]) > 0
 
