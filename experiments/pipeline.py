@@ -17,6 +17,7 @@ import math
 import pathlib
 import time
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -91,7 +92,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   encoder = Encoder(tok, s.max_len)
   cfg = modellib.config_for(s.model_size, tok.get_vocab_size(), s.max_len)
   graphdef, init_params = nnx.split(modellib.DecoderLM(cfg, nnx.Rngs(0)))
-  n_params = sum(int(x.size) for x in __import__("jax").tree.leaves(init_params))
+  n_params = sum(int(x.size) for x in jax.tree.leaves(init_params))
   apply = make_apply(graphdef)
   log(f"[data] {corpus.name}: {corpus.notes}")
   log(
