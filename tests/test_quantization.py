@@ -16,7 +16,7 @@ from dualoptim_jax import quantization
 from dualoptim_jax._src import quantization as quant_src
 
 BIG = float(np.float32(3e38))
-PROPERTY = settings(max_examples=10, deadline=None)
+PROPERTY = settings(max_examples=8, deadline=None)
 
 
 def definition_map(signed: bool) -> np.ndarray:
