@@ -61,11 +61,6 @@ def test_partition_specs_follow_params_abstract():
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_explicit_mesh_state_types_follow_params(name):
-  if name == "dualoptim_plus_8bit":
-    pytest.xfail(
-      "dualoptim_plus_8bit.init builds codes/scales with jnp.zeros(shape), which drops the "
-      "parameter's explicit sharding (owned by the int8 variant)"
-    )
   tx = OPTIMIZERS[name]()
   mesh = make_mesh(AxisType.Explicit)
   with jax.set_mesh(mesh):

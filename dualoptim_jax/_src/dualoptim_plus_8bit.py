@@ -79,6 +79,22 @@ def is_quantized(codes: Any) -> bool:
   return codes.dtype in (jnp.int8, jnp.uint8)
 
 
+def explicit_sharding(p: Any) -> Any:
+  """``p``'s sharding when it is sharded over explicit mesh axes, else None.
+
+  Scales have the parameter's rank, so the parameter's spec shards them too
+  (``*_like`` constructors cannot be used: the shapes differ).
+  """
+  try:
+    sharding = jax.typeof(p).sharding
+  except TypeError:  # not an array (e.g. a ShapeDtypeStruct without sharding)
+    return None
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or mesh.empty or jax.sharding.AxisType.Explicit not in mesh.axis_types:
+    return None
+  return sharding
+
+
 class MomentCodec(NamedTuple):
   """How one optimizer stores its moments: which leaves are 8-bit, and the block size."""
 
@@ -100,8 +116,10 @@ class MomentCodec(NamedTuple):
 
     def scales(path, p):
       if quantize and self.wants_8bit(path, p):
-        return jnp.zeros(quant.scales_shape(p.shape, self.block_size), jnp.float32)
-      return jnp.zeros((*p.shape[:-1], 0) if p.ndim else (), jnp.float32)
+        shape = quant.scales_shape(p.shape, self.block_size)
+      else:
+        shape = (*p.shape[:-1], 0) if p.ndim else ()
+      return jnp.zeros(shape, jnp.float32, out_sharding=explicit_sharding(p))
 
     return (
       jax.tree_util.tree_map_with_path(codes, params),
