@@ -96,8 +96,10 @@ class Runner:
 
     if mode == "static":
       jitted = jax.jit(step, donate_argnums=(0, 1), static_argnums=(3,))
-      self.steps = [lambda p, s, g: jitted(p, s, g, do.FORGET),
-                    lambda p, s, g: jitted(p, s, g, do.RETAIN)]
+      self.steps = [
+        lambda p, s, g: jitted(p, s, g, do.FORGET),
+        lambda p, s, g: jitted(p, s, g, do.RETAIN),
+      ]
     else:
       jitted = jax.jit(step, donate_argnums=(0, 1))
       self.steps = [jitted, jitted]
@@ -127,13 +129,20 @@ def bench_size(n: int, names: list[str], modes: list[str], repeats: int) -> list
   for (name, mode), ts in times.items():
     med = statistics.median(ts)
     base = statistics.median(times[("adamw", mode)]) if ("adamw", mode) in times else None
-    rows.append({
-      "size": n_params, "optimizer": name, "objective": mode, "median_ms": 1e3 * med,
-      "min_ms": 1e3 * min(ts), "max_ms": 1e3 * max(ts), "repeats": len(ts),
-      "ratio_to_adamw": med / base if base else None,
-      "state_bytes_per_param": runners[(name, mode)].state_bytes / n_params,
-      "byte_floor_ratio": BYTE_FLOOR.get(name, float("nan")) / BYTE_FLOOR["adamw"],
-    })
+    rows.append(
+      {
+        "size": n_params,
+        "optimizer": name,
+        "objective": mode,
+        "median_ms": 1e3 * med,
+        "min_ms": 1e3 * min(ts),
+        "max_ms": 1e3 * max(ts),
+        "repeats": len(ts),
+        "ratio_to_adamw": med / base if base else None,
+        "state_bytes_per_param": runners[(name, mode)].state_bytes / n_params,
+        "byte_floor_ratio": BYTE_FLOOR.get(name, float("nan")) / BYTE_FLOOR["adamw"],
+      }
+    )
   return rows
 
 
@@ -141,9 +150,13 @@ def conditions() -> dict:
   dev = jax.devices()[0]
   return {
     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "jax": jax.__version__, "optax": optax.__version__, "backend": jax.default_backend(),
-    "device": getattr(dev, "device_kind", str(dev)), "devices": jax.device_count(),
-    "cpu_count": os.cpu_count(), "machine": platform.machine(),
+    "jax": jax.__version__,
+    "optax": optax.__version__,
+    "backend": jax.default_backend(),
+    "device": getattr(dev, "device_kind", str(dev)),
+    "devices": jax.device_count(),
+    "cpu_count": os.cpu_count(),
+    "machine": platform.machine(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
     "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
   }

@@ -62,8 +62,9 @@ is_main = jax.process_index() == 0
 # 2. One global mesh over every host's devices: data x model.
 n = jax.device_count()
 model_axis = 2 if n % 2 == 0 else 1
-mesh = jax.make_mesh((n // model_axis, model_axis), ("data", "model"),
-                     axis_types=(AxisType.Auto, AxisType.Auto))  # GSPMD-style shardings
+mesh = jax.make_mesh(
+  (n // model_axis, model_axis), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto)
+)  # GSPMD-style shardings
 specs = {"w1": P(None, "model"), "w2": P("model", None)}
 param_sh = {k: NamedSharding(mesh, s) for k, s in specs.items()}
 batch_sh = NamedSharding(mesh, P("data"))
@@ -74,8 +75,10 @@ dim, hidden = 16, 64
 
 def init_params(key):
   k1, k2 = jax.random.split(key)
-  return {"w1": jax.random.normal(k1, (dim, hidden)) / dim**0.5,
-          "w2": jax.random.normal(k2, (hidden, 1)) / hidden**0.5}
+  return {
+    "w1": jax.random.normal(k1, (dim, hidden)) / dim**0.5,
+    "w2": jax.random.normal(k2, (hidden, 1)) / hidden**0.5,
+  }
 
 
 params = jax.jit(init_params, out_shardings=param_sh)(jax.random.key(0))
@@ -97,8 +100,9 @@ def train_step(params, state, x, y, objective):
   return optax.apply_updates(params, updates), state, value
 
 
-step_fn = jax.jit(train_step, static_argnums=(4,), donate_argnums=(0, 1),
-                  out_shardings=(param_sh, state_sh, None))
+step_fn = jax.jit(
+  train_step, static_argnums=(4,), donate_argnums=(0, 1), out_shardings=(param_sh, state_sh, None)
+)
 
 
 # 5. Each host feeds only its slice of the global batch.
@@ -107,8 +111,10 @@ def global_batch(step, objective):
   rng = np.random.default_rng([step, jax.process_index()])
   x = rng.normal(size=(per_host, dim)).astype(np.float32)
   y = np.sin(x.sum(1)).astype(np.float32) + (1.0 if objective == do.FORGET else 0.0)
-  return (jax.make_array_from_process_local_data(batch_sh, x),
-          jax.make_array_from_process_local_data(batch_sh, y))
+  return (
+    jax.make_array_from_process_local_data(batch_sh, x),
+    jax.make_array_from_process_local_data(batch_sh, y),
+  )
 
 
 ckpt = args.ckpt or tempfile.mkdtemp(prefix="dualoptim_multihost_")
@@ -123,11 +129,19 @@ for k in range(args.steps):
 # 6. Every process takes part in the save; restore onto the same (or another) mesh.
 do.save_checkpoint(ckpt, args.steps, params, state)
 restored, _, step = do.restore_checkpoint(ckpt, params, jax.eval_shape(tx.init, params))
-ok = all(bool(jnp.array_equal(a, b)) for a, b in zip(jax.tree.leaves(restored),
-                                                       jax.tree.leaves(params), strict=True))
+ok = all(
+  bool(jnp.array_equal(a, b))
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(params), strict=True)
+)
 if is_main:
-  print(f"{jax.process_count()} process(es), {n} devices, mesh {dict(mesh.shape)}; "
-        f"checkpoint step {step} in {ckpt} restored bit-exactly: {ok}")
-  print("w1 sharding:", params["w1"].sharding.spec, "| base_mu w1:",
-        state[0].base_mu["w1"].sharding.spec)
+  print(
+    f"{jax.process_count()} process(es), {n} devices, mesh {dict(mesh.shape)}; "
+    f"checkpoint step {step} in {ckpt} restored bit-exactly: {ok}"
+  )
+  print(
+    "w1 sharding:",
+    params["w1"].sharding.spec,
+    "| base_mu w1:",
+    state[0].base_mu["w1"].sharding.spec,
+  )
 jax.distributed.shutdown()

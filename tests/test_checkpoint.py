@@ -82,10 +82,14 @@ def test_round_trip_onto_smaller_meshes_is_bit_exact(name, tmp_path):
       assert do.checkpoint_steps(tmp_path) == [3]
     mesh = mesh_of(n)
     p_sh, s_sh = shardings_on(tx, mesh, params)
-    target_p = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            params, p_sh)
-    target_s = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                            jax.eval_shape(tx.init, params), s_sh)
+    target_p = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, p_sh
+    )
+    target_s = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      jax.eval_shape(tx.init, params),
+      s_sh,
+    )
     # 8 -> 4 restores the 8-device save (step 3); 4 -> 1 the 4-device one (step 4, latest).
     p2, s2, step = do.restore_checkpoint(tmp_path, target_p, target_s)
     assert step == {4: 3, 1: 4}[n]

@@ -3,7 +3,7 @@
 Written directly, DualOptim+ lets XLA overwrite the base moments before the
 computations that still read their old values, and copy insertion then keeps
 full-size copies of them (and, with a traced objective, of every delta); see the
-comment above ``zero_after`` in ``dualoptim_plus.py``. These tests compile one
+docstring of ``dualoptim_jax/_src/ordering.py``. These tests compile one
 training step as a user writes it (``optax.apply_updates``, plain ``jax.jit``,
 ``donate_argnums``) and read the optimized HLO.
 """

@@ -51,7 +51,8 @@ def test_partition_specs_follow_params_abstract():
     specs = do.state_partition_specs(tx, params, SPECS)
     state = jax.eval_shape(tx.init, params)
     for leaf, spec in zip(
-      jax.tree.leaves(state), jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)),
+      jax.tree.leaves(state),
+      jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P)),
       strict=True,
     ):
       assert isinstance(spec, P), name
@@ -114,8 +115,9 @@ def test_named_sharding_out_shardings(name):
     params, state = sharded_step(params, state, grads, objective)
     ref_params, ref_state = single_step(ref_params, ref_state, host_grads(k), objective)
   assert_state_sharded_like_params(tx, state, params, mesh)
-  for a, b in zip(jax.tree.leaves((params, state)), jax.tree.leaves((ref_params, ref_state)),
-                  strict=True):
+  for a, b in zip(
+    jax.tree.leaves((params, state)), jax.tree.leaves((ref_params, ref_state)), strict=True
+  ):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-7)
 
 

@@ -7,9 +7,10 @@ from typing import Any
 import optax
 
 from dualoptim_jax._src import base
-from dualoptim_jax._src.dualoptim import scale_by_dualoptim
-from dualoptim_jax._src.dualoptim_plus import order_state_writes, scale_by_dualoptim_plus
+from dualoptim_jax._src.dualoptim import ScaleByDualOptimState, scale_by_dualoptim
+from dualoptim_jax._src.dualoptim_plus import ScaleByDualOptimPlusState, scale_by_dualoptim_plus
 from dualoptim_jax._src.learning_rate import scale_by_objective_learning_rate
+from dualoptim_jax._src.ordering import order_state_writes
 
 
 def decay_and_learning_rate(
@@ -86,23 +87,26 @@ def dualoptim_plus(
   """
   # order_state_writes: the moments are overwritten in place after the caller's
   # parameter update reads them (no state copies; see dualoptim_plus.py).
-  return order_state_writes(optax.chain(
-    scale_by_dualoptim_plus(
-      b1,
-      b2,
-      base_b1,
-      base_b2,
-      eps,
-      forget_steps=forget_steps,
-      retain_steps=retain_steps,
-      bounded=bounded,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
+  return order_state_writes(
+    optax.chain(
+      scale_by_dualoptim_plus(
+        b1,
+        b2,
+        base_b1,
+        base_b2,
+        eps,
+        forget_steps=forget_steps,
+        retain_steps=retain_steps,
+        bounded=bounded,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+      ),
+      *decay_and_learning_rate(
+        learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
+      ),
     ),
-    *decay_and_learning_rate(
-      learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-    ),
-  ))
+    (ScaleByDualOptimPlusState,),
+  )
 
 
 def dualoptim(
@@ -146,17 +150,20 @@ def dualoptim(
   """
   # order_state_writes: the moments are overwritten in place after the caller's
   # parameter update reads them (no state copies; see dualoptim_plus.py).
-  return order_state_writes(optax.chain(
-    scale_by_dualoptim(
-      b1,
-      b2,
-      eps,
-      forget_steps=forget_steps,
-      retain_steps=retain_steps,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
+  return order_state_writes(
+    optax.chain(
+      scale_by_dualoptim(
+        b1,
+        b2,
+        eps,
+        forget_steps=forget_steps,
+        retain_steps=retain_steps,
+        mu_dtype=mu_dtype,
+        nu_dtype=nu_dtype,
+      ),
+      *decay_and_learning_rate(
+        learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
+      ),
     ),
-    *decay_and_learning_rate(
-      learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-    ),
-  ))
+    (ScaleByDualOptimState,),
+  )

@@ -19,15 +19,14 @@ import optax
 
 from dualoptim_jax._src import base
 from dualoptim_jax._src.dualoptim_plus import (
-  WRITES_ORDERED_BY_CALLER,
   advance_counts,
   check_tree_matches,
   compute_dtype,
   select_objective,
   unzip,
   write_objective,
-  zero_after,
 )
+from dualoptim_jax._src.ordering import WRITES_ORDERED_BY_CALLER, zero_after
 
 
 class ScaleByDualOptimState(NamedTuple):

@@ -16,7 +16,6 @@ to one objective lives in its delta, which only that objective's steps touch.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -25,6 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from dualoptim_jax._src import base
+from dualoptim_jax._src.ordering import WRITES_ORDERED_BY_CALLER, zero_after
 
 
 class ScaleByDualOptimPlusState(NamedTuple):
@@ -225,7 +225,15 @@ def scale_by_dualoptim_plus(
 
     def leaf(g, bm, bv, *deltas):
       return leaf_update(
-        g, bm, bv, deltas[:k_obj], deltas[k_obj:], obj, coeffs, valid, bounded=bounded,
+        g,
+        bm,
+        bv,
+        deltas[:k_obj],
+        deltas[k_obj:],
+        obj,
+        coeffs,
+        valid,
+        bounded=bounded,
         order=order,
       )
 
@@ -246,47 +254,7 @@ def scale_by_dualoptim_plus(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-# In-place friendly per-leaf update.
-#
-# Params and state are donated, so XLA writes every new moment into its old
-# buffer. A buffer may only be overwritten once nothing still has to read its
-# old value, and XLA proves that from data dependencies alone (XLA:CPU expands
-# ``optimization_barrier`` before copy insertion, so a barrier does not help).
-# Written directly, the rule lets the write of the new ``Bm``/``Bv`` float free
-# of the computations that still read the old ones (``u``, which the caller
-# fuses into the parameter update, and the deltas' updates), and copy insertion
-# keeps full-size copies of the old base moments (and, with a traced
-# objective, of every delta). What keeps the copies out is a free data
-# dependency: the new base moments (and, for a traced objective, the rewritten
-# deltas) add ``zero_after(u)``, an exact 0.0 read from one element of ``u``.
-# ``u`` contains divisions, which XLA does not duplicate into a second consumer,
-# so ``u`` is computed once, before those writes, from the old values; the new
-# deltas it reads are computed before it. The price is that ``u`` becomes one
-# materialised temporary instead of being fused into the caller's parameter
-# update. The aliases (``dualoptim_plus``, ``dualoptim``) avoid that price with
-# ``order_state_writes`` below: the zeros are read from the caller's new
-# parameters instead, so ``u`` stays fused into the parameter update and the
-# moments are overwritten after it. ``tests/test_hlo.py`` checks the compiled
-# HLO for state-sized copies.
-
-
-def zero_after(x: jax.Array) -> jax.Array:
-  """An exact 0 (never NaN) that data-depends on ``x``: orders a write after ``x``.
-
-  It reads the first element of ``x`` (the first element of each shard along
-  dims sharded over explicit mesh axes, so that the slice stays evenly sharded).
-  """
-  if x.size == 0:
-    return jnp.zeros((), x.dtype)
-  sizes = [1] * x.ndim
-  sharding = getattr(jax.typeof(x), "sharding", None)
-  mesh = getattr(sharding, "mesh", None)
-  if mesh is not None and not mesh.empty:
-    for d, entry in enumerate(sharding.spec):
-      names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
-      sizes[d] = math.prod(mesh.shape[n] for n in names)
-  first = jax.lax.slice(x, (0,) * x.ndim, tuple(sizes))
-  return jnp.sum(jnp.isnan(first).astype(x.dtype)) * jnp.zeros((), x.dtype)
+# Why the writes are ordered: see ordering.py.
 
 
 def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order=True):
@@ -301,8 +269,13 @@ def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order=True
     return x.astype(ct)
 
   u, nbm, nbv, ndm, ndv = plus_step(
-    up(g), up(bm), up(bv), up(select_objective(objective, dms)),
-    up(select_objective(objective, dvs)), c, bounded=bounded,
+    up(g),
+    up(bm),
+    up(bv),
+    up(select_objective(objective, dms)),
+    up(select_objective(objective, dvs)),
+    c,
+    bounded=bounded,
   )
   if not isinstance(valid, bool):
     u = jnp.where(valid, u, jnp.nan)
@@ -328,77 +301,6 @@ def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order=True
       new_dvs.append((jnp.where(hit, dv_k, up(dv)) + z).astype(dv.dtype))
     new_dms, new_dvs = tuple(new_dms), tuple(new_dvs)
   return u, (nbm + z).astype(bm.dtype), (nbv + z).astype(bv.dtype), new_dms, new_dvs
-
-
-WRITES_ORDERED_BY_CALLER = "_dualoptim_state_writes_ordered_by_caller"
-"""Private extra argument: the caller orders the state writes (``order_state_writes``)."""
-
-
-def order_state_writes(
-  tx: optax.GradientTransformationExtraArgs,
-) -> optax.GradientTransformationExtraArgs:
-  """Orders a DualOptim(+) chain's state writes after the caller's parameter update.
-
-  Better than ordering them after ``u`` (``leaf_update``): ``u`` then need not
-  be materialised. ``tx`` must return the final updates (the full chain, with
-  its learning rate). This wrapper computes ``optax.apply_updates(params,
-  updates)`` exactly as the caller will, so XLA merges the two (CSE), and adds
-  ``zero_after`` of each new parameter to every state leaf the step rewrites:
-  the parameter update (which reads the old moments) runs first and the
-  moments are then overwritten in place, with no copy and no temporary. If the
-  caller applies the updates differently, the writes are still ordered after
-  ``u`` (materialised once). Without ``params`` it falls back to ``leaf_update``.
-  """
-
-  def update_fn(updates, state, params=None, **extra_args):
-    if params is None:
-      return tx.update(updates, state, params, **extra_args)
-    extra_args[WRITES_ORDERED_BY_CALLER] = True
-    final, new_state = tx.update(updates, state, params, **extra_args)
-    new_params = optax.apply_updates(params, final)
-    zeros = jax.tree.map(
-      lambda p: zero_after(p) if jnp.issubdtype(p.dtype, jnp.floating) else None, new_params
-    )
-    treedef = jax.tree.structure(params)
-
-    def after(new_tree, old_tree):
-      if jax.tree.structure(new_tree) != treedef:
-        return new_tree
-      return jax.tree.map(
-        lambda new, old, z: new if new is old or z is None else new + z.astype(new.dtype),
-        new_tree, old_tree, zeros,
-      )
-
-    def order(new, old):
-      if not isinstance(new, (ScaleByDualOptimPlusState,)) and not _is_dualoptim_state(new):
-        return new
-      fields = {}
-      for name in new._fields:
-        n, o = getattr(new, name), getattr(old, name)
-        if isinstance(n, tuple) and not hasattr(n, "_fields"):
-          # Per-objective moments. With a static objective only the active one
-          # is rewritten, from its own old value, and the update reads the new
-          # value: nothing to order (ordering would materialise it twice).
-          # With a traced objective every one is rewritten (selected back), and
-          # the update reads the old ones: order them like the base.
-          pairs = zip(jax.tree.leaves(n), jax.tree.leaves(o), strict=True)
-          changed = all(a is not b for a, b in pairs)
-          fields[name] = tuple(after(a, b) for a, b in zip(n, o, strict=True)) if changed else n
-        else:
-          fields[name] = after(n, o)
-      return type(new)(**fields)
-
-    if isinstance(new_state, tuple) and not hasattr(new_state, "_fields"):
-      new_state = tuple(order(n, o) for n, o in zip(new_state, state, strict=True))
-    else:
-      new_state = order(new_state, state)
-    return final, new_state
-
-  return optax.GradientTransformationExtraArgs(tx.init, update_fn)
-
-
-def _is_dualoptim_state(x: Any) -> bool:
-  return type(x).__name__ == "ScaleByDualOptimState" and hasattr(x, "mu")
 
 
 def unzip(like: Any, tree_of_tuples: Any, n: int) -> tuple:

@@ -120,7 +120,11 @@ def state_partition_specs(
     return _leaf_spec(leaf, box.spec, param, mesh, block_size)
 
   return optax.tree.map_params(
-    tx.init, leaf_spec, abstract_state, specs, params,
+    tx.init,
+    leaf_spec,
+    abstract_state,
+    specs,
+    params,
     transform_non_params=lambda _: P(),
   )
 
