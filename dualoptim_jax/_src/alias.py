@@ -86,7 +86,7 @@ def dualoptim_plus(
     True
   """
   # order_state_writes: the moments are overwritten in place after the caller's
-  # parameter update reads them (no state copies; see dualoptim_plus.py).
+  # parameter update reads them (no state copies; see ordering.py).
   return order_state_writes(
     optax.chain(
       scale_by_dualoptim_plus(
@@ -149,7 +149,7 @@ def dualoptim(
     -0.02
   """
   # order_state_writes: the moments are overwritten in place after the caller's
-  # parameter update reads them (no state copies; see dualoptim_plus.py).
+  # parameter update reads them (no state copies; see ordering.py).
   return order_state_writes(
     optax.chain(
       scale_by_dualoptim(

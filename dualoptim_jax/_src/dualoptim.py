@@ -137,7 +137,7 @@ def scale_by_dualoptim(
       # Traced objective: every moment is rewritten (selected back where
       # inactive). The writes add an exact zero read from u, so they come after
       # u has read the old moments and XLA keeps no full-size copies of them
-      # (see dualoptim_plus.py).
+      # (see ordering.py).
       z = zero_after(u).astype(ct) if order else jnp.zeros((), ct)
 
       def rewrite(olds, step):
