@@ -46,6 +46,37 @@ def run_lengths_from(
   return tuple(int(n) for n in lengths)
 
 
+def objective_run_lengths(
+  num_objectives: int,
+  forget_steps: int,
+  retain_steps: int,
+  run_lengths: Sequence[int] | None,
+) -> tuple[int, ...]:
+  """The validated run lengths of a ``num_objectives``-objective transformation.
+
+  Raises:
+    ValueError: ``num_objectives != 2`` without ``run_lengths``, or a count mismatch.
+  """
+  lengths = run_lengths_from(forget_steps, retain_steps, run_lengths)
+  if run_lengths is None and num_objectives != 2:
+    raise ValueError(
+      f"num_objectives={num_objectives} needs run_lengths (one per objective); "
+      "forget_steps/retain_steps describe two objectives."
+    )
+  if len(lengths) != num_objectives:
+    raise ValueError(
+      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
+    )
+  return lengths
+
+
+def check_decays(eps: Any, **decays: Any) -> None:
+  """Raises ValueError unless every decay is in ``[0, 1)`` and ``eps >= 0``."""
+  for name, value in decays.items():
+    check_hyperparameter(name, value, low=0.0, high=1.0)
+  check_hyperparameter("eps", eps, low=0.0)
+
+
 def scheduled_objective(count: jax.Array, run_lengths: Sequence[int]) -> jax.Array:
   """The objective the built-in alternation assigns to 0-based step ``count``.
 

@@ -78,16 +78,8 @@ def scale_by_dualoptim(
     >>> [round(float(x), 4) for x in u["w"]]
     [1.0, -1.0]
   """
-  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
-  if run_lengths is None and num_objectives != 2:
-    raise ValueError(f"num_objectives={num_objectives} needs run_lengths (one per objective).")
-  if len(lengths) != num_objectives:
-    raise ValueError(
-      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
-    )
-  base.check_hyperparameter("b1", b1, low=0.0, high=1.0)
-  base.check_hyperparameter("b2", b2, low=0.0, high=1.0)
-  base.check_hyperparameter("eps", eps, low=0.0)
+  lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
+  base.check_decays(eps, b1=b1, b2=b2)
   k_obj = num_objectives
 
   def init_fn(params):

@@ -77,16 +77,8 @@ def scale_by_dualoptim_8bit(
     >>> round(float(u["w"][0, 0]), 4), state.nu_codes[1]["w"].dtype
     (-1.0, dtype('uint8'))
   """
-  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
-  if run_lengths is None and num_objectives != 2:
-    raise ValueError(f"num_objectives={num_objectives} needs run_lengths (one per objective).")
-  if len(lengths) != num_objectives:
-    raise ValueError(
-      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
-    )
-  base.check_hyperparameter("b1", b1, low=0.0, high=1.0)
-  base.check_hyperparameter("b2", b2, low=0.0, high=1.0)
-  base.check_hyperparameter("eps", eps, low=0.0)
+  lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
+  base.check_decays(eps, b1=b1, b2=b2)
   codec = make_codec(block_size, min_8bit_size, keep_fp32)
   k_obj = num_objectives
 

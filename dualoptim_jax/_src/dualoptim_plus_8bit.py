@@ -201,16 +201,8 @@ def scale_by_dualoptim_plus_8bit(
     >>> round(float(u["w"][0, 0]), 4)
     1.0
   """
-  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
-  if run_lengths is None and num_objectives != 2:
-    raise ValueError(f"num_objectives={num_objectives} needs run_lengths (one per objective).")
-  if len(lengths) != num_objectives:
-    raise ValueError(
-      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
-    )
-  for name, value in (("b1", b1), ("b2", b2), ("base_b1", base_b1), ("base_b2", base_b2)):
-    base.check_hyperparameter(name, value, low=0.0, high=1.0)
-  base.check_hyperparameter("eps", eps, low=0.0)
+  lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
+  base.check_decays(eps, b1=b1, b2=b2, base_b1=base_b1, base_b2=base_b2)
   codec = make_codec(block_size, min_8bit_size, keep_fp32)
   k_obj = num_objectives
 

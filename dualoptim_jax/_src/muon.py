@@ -194,16 +194,7 @@ def scale_by_dualoptim_plus_muon(
   References:
     Jordan, `Muon <https://github.com/KellerJordan/Muon>`_, 2024.
   """
-  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
-  if run_lengths is None and num_objectives != 2:
-    raise ValueError(
-      f"num_objectives={num_objectives} needs run_lengths (one per objective); "
-      "forget_steps/retain_steps describe two objectives."
-    )
-  if len(lengths) != num_objectives:
-    raise ValueError(
-      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
-    )
+  lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
   base.check_hyperparameter("beta", beta, low=0.0, high=1.0)
   base.check_hyperparameter("base_beta", base_beta, low=0.0, high=1.0, high_inclusive=True)
   base.check_hyperparameter("eps", eps, low=0.0)
