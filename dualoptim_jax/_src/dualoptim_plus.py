@@ -72,7 +72,17 @@ def plus_coefficients(b1, b2, base_b1, base_b2, eps, count, objective_count) -> 
   )
 
 
-def plus_step(g, base_mu, base_nu, delta_mu, delta_nu, c: PlusCoefficients, *, bounded: bool):
+def plus_step(
+  g,
+  base_mu,
+  base_nu,
+  delta_mu,
+  delta_nu,
+  c: PlusCoefficients,
+  *,
+  bounded: bool,
+  reciprocal: bool = False,
+):
   """DualOptim+ on one leaf, in float32.
 
   Args:
@@ -81,16 +91,24 @@ def plus_step(g, base_mu, base_nu, delta_mu, delta_nu, c: PlusCoefficients, *, b
     delta_mu, delta_nu: the active objective's deltas before this step.
     c: the step's coefficients.
     bounded: floor the combined second moment at ``m**2`` so ``|u| <= 1``.
+    reciprocal: bias-correct by multiplying with reciprocals instead of dividing.
 
   Returns:
     ``(u, base_mu, base_nu, delta_mu, delta_nu)`` after the step, all float32.
   """
-  bm_hat = base_mu / c.base_c1
-  bv_hat = base_nu / c.base_c2
+
+  def unbias(x, correction):
+    # XLA keeps a division by a scalar as a per-element division; the product
+    # made the static-objective step 1.7x faster on CPU (3.33x -> 1.97x adamw
+    # at 64M). Rounding moves by about an ulp, well inside the golden tolerance.
+    return x * (1 / correction) if reciprocal else x / correction
+
+  bm_hat = unbias(base_mu, c.base_c1)
+  bv_hat = unbias(base_nu, c.base_c2)
   dm = c.b1 * delta_mu + (1 - c.b1) * (g - bm_hat)
   dv = c.b2 * delta_nu + (1 - c.b2) * (g * g - bv_hat)
-  m = dm / c.delta_c1 + bm_hat
-  v = jnp.abs(dv / c.delta_c2 + bv_hat)
+  m = unbias(dm, c.delta_c1) + bm_hat
+  v = jnp.abs(unbias(dv, c.delta_c2) + bv_hat)
   if bounded:
     v = jnp.maximum(v, m * m)
   u = m / (jnp.sqrt(v) + c.eps)
@@ -265,6 +283,9 @@ def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order=True
     up(select_objective(objective, dvs)),
     c,
     bounded=bounded,
+    # With a traced objective the products let XLA re-fuse the bias correction
+    # into the delta rewrites and copy the base moments instead (test_hlo.py).
+    reciprocal=isinstance(objective, int),
   )
   if not isinstance(valid, bool):
     u = jnp.where(valid, u, jnp.nan)
