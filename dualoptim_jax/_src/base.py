@@ -180,6 +180,21 @@ def bias_correction(decay: Any, count: jax.Array, dtype: Any = jnp.float32) -> j
   return 1 - decay ** count.astype(dtype)
 
 
+def find_state(state: Any, match: Any, name: str) -> Any:
+  """The single sub-state of a nested optax state for which ``match(x)`` holds.
+
+  Works through ``optax.chain``, ``inject_hyperparams``, ``MultiSteps``,
+  ``masked`` and ``nnx.Optimizer`` states (any container JAX can flatten).
+
+  Raises:
+    ValueError: when there is no such state, or more than one.
+  """
+  found = [s for s in jax.tree.leaves(state, is_leaf=match) if match(s)]
+  if len(found) != 1:
+    raise ValueError(f"Expected exactly one {name} in the given state, found {len(found)}.")
+  return found[0]
+
+
 def select_count(counts: jax.Array, objective: int | jax.Array) -> jax.Array:
   """``counts[objective]``, clamped so an invalid traced objective stays in bounds."""
   if isinstance(objective, int):

@@ -20,18 +20,9 @@ def find_dualoptim_plus_state(state: Any) -> ScaleByDualOptimPlusState:
   Raises:
     ValueError: when there is no such state, or more than one.
   """
-  found = [
-    s
-    for s in jax.tree.leaves(
-      state, is_leaf=lambda x: hasattr(x, "delta_mu") and hasattr(x, "base_mu")
-    )
-    if hasattr(s, "delta_mu") and hasattr(s, "base_mu")
-  ]
-  if len(found) != 1:
-    raise ValueError(
-      f"Expected exactly one DualOptim+ state in the given state, found {len(found)}."
-    )
-  return found[0]
+  return base.find_state(
+    state, lambda x: hasattr(x, "delta_mu") and hasattr(x, "base_mu"), "DualOptim+ state"
+  )
 
 
 def _float(x: Any) -> jax.Array:

@@ -350,12 +350,7 @@ def make_codec(block_size: Any, min_8bit_size: Any, keep_fp32: KeepFp32) -> Mome
 
 def find_8bit_state(state: Any, cls: type) -> Any:
   """The single state of type ``cls`` inside a nested optax state."""
-  found = [
-    s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls)) if isinstance(s, cls)
-  ]
-  if len(found) != 1:
-    raise ValueError(f"Expected exactly one {cls.__name__} in the given state, found {len(found)}.")
-  return found[0]
+  return base.find_state(state, lambda x: isinstance(x, cls), cls.__name__)
 
 
 def dequantize_dualoptim_plus_state(
