@@ -60,6 +60,20 @@ def run(tx, params, state, mesh, start, stop):
   return params, state
 
 
+def sharded_start(tx, mesh):
+  """Fresh params and optimizer state, sharded on ``mesh``, with their shardings."""
+  param_sh, state_sh = shardings_on(tx, mesh, init_params())
+  params = jax.device_put(init_params(), param_sh)
+  return param_sh, state_sh, params, jax.jit(tx.init, out_shardings=state_sh)(params)
+
+
+def abstract_like(tree, shardings):
+  """Restore targets: ShapeDtypeStructs of ``tree`` carrying ``shardings``."""
+  return jax.tree.map(
+    lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings
+  )
+
+
 def assert_trees_equal(a, b):
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -72,9 +86,7 @@ def assert_trees_equal(a, b):
 def test_round_trip_onto_smaller_meshes_is_bit_exact(name, tmp_path):
   tx = OPTIMIZERS[name]()
   mesh8 = mesh_of(8)
-  param_sh, state_sh = shardings_on(tx, mesh8, init_params())
-  params = jax.device_put(init_params(), param_sh)
-  state = jax.jit(tx.init, out_shardings=state_sh)(params)
+  _, _, params, state = sharded_start(tx, mesh8)
   params, state = run(tx, params, state, mesh8, 0, 3)
   do.save_checkpoint(tmp_path, 3, params, state)
   for n in (4, 1):
@@ -82,14 +94,8 @@ def test_round_trip_onto_smaller_meshes_is_bit_exact(name, tmp_path):
       assert do.checkpoint_steps(tmp_path) == [3]
     mesh = mesh_of(n)
     p_sh, s_sh = shardings_on(tx, mesh, params)
-    target_p = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, p_sh
-    )
-    target_s = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      jax.eval_shape(tx.init, params),
-      s_sh,
-    )
+    target_p = abstract_like(params, p_sh)
+    target_s = abstract_like(jax.eval_shape(tx.init, params), s_sh)
     # 8 -> 4 restores the 8-device save (step 3); 4 -> 1 the 4-device one (step 4, latest).
     p2, s2, step = do.restore_checkpoint(tmp_path, target_p, target_s)
     assert step == {4: 3, 1: 4}[n]
@@ -106,19 +112,14 @@ def test_round_trip_onto_smaller_meshes_is_bit_exact(name, tmp_path):
 def test_interrupted_and_resumed_equals_uninterrupted(name, tmp_path):
   tx = OPTIMIZERS[name]()
   mesh8 = mesh_of(8)
-  param_sh, state_sh = shardings_on(tx, mesh8, init_params())
-  params0 = jax.device_put(init_params(), param_sh)
-  state0 = jax.jit(tx.init, out_shardings=state_sh)(params0)
-  full_p, full_s = run(tx, params0, state0, mesh8, 0, 6)
+  full_p, full_s = run(tx, *sharded_start(tx, mesh8)[2:], mesh8, 0, 6)
 
-  params0 = jax.device_put(init_params(), param_sh)
-  state0 = jax.jit(tx.init, out_shardings=state_sh)(params0)
+  param_sh, state_sh, params0, state0 = sharded_start(tx, mesh8)
   p, s = run(tx, params0, state0, mesh8, 0, 3)
   do.save_checkpoint(tmp_path, 3, p, s)
   del p, s  # "the job dies"
-  target = (jax.eval_shape(lambda: init_params()), jax.eval_shape(tx.init, init_params()))
-  target = jax.tree.map(
-    lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), target, (param_sh, state_sh)
+  target = abstract_like(
+    (jax.eval_shape(init_params), jax.eval_shape(tx.init, init_params())), (param_sh, state_sh)
   )
   p, s, step = do.restore_checkpoint(tmp_path, *target)
   p, s = run(tx, p, s, mesh8, step, 6)
