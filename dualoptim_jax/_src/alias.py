@@ -7,7 +7,7 @@ from typing import Any
 import optax
 
 from dualoptim_jax._src import base
-from dualoptim_jax._src.dualoptim import ScaleByDualOptimState, scale_by_dualoptim
+from dualoptim_jax._src.dualoptim import scale_by_dualoptim
 from dualoptim_jax._src.dualoptim_plus import ScaleByDualOptimPlusState, scale_by_dualoptim_plus
 from dualoptim_jax._src.learning_rate import scale_by_objective_learning_rate
 from dualoptim_jax._src.ordering import order_state_writes
@@ -148,22 +148,19 @@ def dualoptim(
     >>> round(float(updates["w"][0]), 4)
     -0.02
   """
-  # order_state_writes: the moments are overwritten in place after the caller's
-  # parameter update reads them (no state copies; see ordering.py).
-  return order_state_writes(
-    optax.chain(
-      scale_by_dualoptim(
-        b1,
-        b2,
-        eps,
-        forget_steps=forget_steps,
-        retain_steps=retain_steps,
-        mu_dtype=mu_dtype,
-        nu_dtype=nu_dtype,
-      ),
-      *decay_and_learning_rate(
-        learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-      ),
+  # No write ordering needed: only the active moments are rewritten, from their
+  # own old values, and the update reads the new ones (see ordering.py).
+  return optax.chain(
+    scale_by_dualoptim(
+      b1,
+      b2,
+      eps,
+      forget_steps=forget_steps,
+      retain_steps=retain_steps,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
     ),
-    (ScaleByDualOptimState,),
+    *decay_and_learning_rate(
+      learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
+    ),
   )

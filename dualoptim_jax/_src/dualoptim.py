@@ -26,7 +26,7 @@ from dualoptim_jax._src.dualoptim_plus import (
   unzip,
   write_objective,
 )
-from dualoptim_jax._src.ordering import WRITES_ORDERED_BY_CALLER, zero_after
+from dualoptim_jax._src.ordering import rewrite_active
 
 
 class ScaleByDualOptimState(NamedTuple):
@@ -91,8 +91,7 @@ def scale_by_dualoptim(
     )
 
   def update_fn(updates, state, params=None, *, objective=None, **extra_args):
-    del params
-    order = not extra_args.get(WRITES_ORDERED_BY_CALLER, False)
+    del params, extra_args
     check_tree_matches(updates, state.mu[0])
     obj = base.resolve_objective(objective, state.count, lengths)
     valid = base.objective_is_valid(obj, k_obj)
@@ -114,31 +113,30 @@ def scale_by_dualoptim(
       def new_v(nu):
         return b2_ * nu.astype(ct) + (1 - b2_) * (gc * gc)
 
-      m = new_m(select_objective(obj, mus))
-      v = new_v(select_objective(obj, nus))
-      u = (m / c1) / (jnp.sqrt(v / c2) + eps_)
-      if not isinstance(valid, bool):
-        u = jnp.where(valid, u, jnp.nan)
-      u = u.astype(g.dtype)
       if isinstance(obj, int):
+        m = new_m(mus[obj])
+        v = new_v(nus[obj])
+        u = ((m / c1) / (jnp.sqrt(v / c2) + eps_)).astype(g.dtype)
         return (
           u,
           write_objective(obj, mus, m.astype(mus[0].dtype)),
           write_objective(obj, nus, v.astype(nus[0].dtype)),
         )
-      # Traced objective: every moment is rewritten (selected back where
-      # inactive). The writes add an exact zero read from u, so they come after
-      # u has read the old moments and XLA keeps no full-size copies of them
-      # (see ordering.py).
-      z = zero_after(u).astype(ct) if order else jnp.zeros((), ct)
 
-      def rewrite(olds, step):
-        return tuple(
-          (jnp.where((obj == k) & valid, step(x), x.astype(ct)) + z).astype(x.dtype)
-          for k, x in enumerate(olds)
-        )
+      # Traced objective: only the active moments are rewritten, in place
+      # (ordering.rewrite_active), and u reads their new values.
+      def step(carry, one):
+        mu, nu = carry
+        m = b1_ * mu.astype(ct) + (1 - b1_) * (gc * one)
+        v = b2_ * nu.astype(ct) + (1 - b2_) * (gc * gc * one)
+        return m.astype(mu.dtype), v.astype(nu.dtype)
 
-      return u, rewrite(mus, new_m), rewrite(nus, new_v)
+      pairs = list(zip(mus, nus, strict=True))
+      new_mus, new_nus = zip(*rewrite_active(obj, valid, pairs, step), strict=True)
+      m = select_objective(obj, new_mus).astype(ct)
+      v = select_objective(obj, new_nus).astype(ct)
+      u = jnp.where(valid, (m / c1) / (jnp.sqrt(v / c2) + eps_), jnp.nan).astype(g.dtype)
+      return u, tuple(new_mus), tuple(new_nus)
 
     out = jax.tree.map(leaf, updates, *state.mu, *state.nu)
     u, mus, nus = unzip(updates, out, 3)

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from dualoptim_jax._src import base
-from dualoptim_jax._src.ordering import WRITES_ORDERED_BY_CALLER, zero_after
+from dualoptim_jax._src.ordering import WRITES_ORDERED_BY_CALLER, rewrite_active, zero_after
 
 
 class ScaleByDualOptimPlusState(NamedTuple):
@@ -275,42 +275,60 @@ def leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order=True
   def up(x):
     return x.astype(ct)
 
+  if not isinstance(objective, int):
+    return traced_leaf_update(
+      g, bm, bv, dms, dvs, objective, c, valid, bounded=bounded, order=order
+    )
   u, nbm, nbv, ndm, ndv = plus_step(
     up(g),
     up(bm),
     up(bv),
-    up(select_objective(objective, dms)),
-    up(select_objective(objective, dvs)),
+    up(dms[objective]),
+    up(dvs[objective]),
     c,
     bounded=bounded,
-    # With a traced objective the products let XLA re-fuse the bias correction
-    # into the delta rewrites and copy the base moments instead (test_hlo.py).
-    reciprocal=isinstance(objective, int),
+    reciprocal=True,
   )
-  if not isinstance(valid, bool):
-    u = jnp.where(valid, u, jnp.nan)
-    nbm = jnp.where(valid, nbm, up(bm))
-    nbv = jnp.where(valid, nbv, up(bv))
   u = u.astype(g.dtype)
   # With ``order=False`` the caller orders the writes (see order_state_writes).
   z = zero_after(u).astype(ct) if order else jnp.zeros((), ct)
-  if isinstance(objective, int):
-    new_dms = write_objective(objective, dms, ndm.astype(dms[0].dtype))
-    new_dvs = write_objective(objective, dvs, ndv.astype(dvs[0].dtype))
-  else:
-    # Each delta is updated from its own old value (equal to the selected one
-    # where it is written), after u has read the old ones.
-    new_dms, new_dvs = [], []
-    bm_hat, bv_hat = up(bm) / c.base_c1, up(bv) / c.base_c2
-    gc = up(g)
-    for k, (dm, dv) in enumerate(zip(dms, dvs, strict=True)):
-      hit = (objective == k) & valid
-      dm_k = c.b1 * up(dm) + (1 - c.b1) * (gc - bm_hat)
-      dv_k = c.b2 * up(dv) + (1 - c.b2) * (gc * gc - bv_hat)
-      new_dms.append((jnp.where(hit, dm_k, up(dm)) + z).astype(dm.dtype))
-      new_dvs.append((jnp.where(hit, dv_k, up(dv)) + z).astype(dv.dtype))
-    new_dms, new_dvs = tuple(new_dms), tuple(new_dvs)
+  new_dms = write_objective(objective, dms, ndm.astype(dms[0].dtype))
+  new_dvs = write_objective(objective, dvs, ndv.astype(dvs[0].dtype))
   return u, (nbm + z).astype(bm.dtype), (nbv + z).astype(bv.dtype), new_dms, new_dvs
+
+
+def traced_leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, order):
+  """:func:`leaf_update` for a traced objective: only the active delta pair is rewritten.
+
+  The deltas are rewritten in place by ``rewrite_active``; ``u`` then reads
+  the active pair's new values, and the base moments are overwritten after it.
+  """
+  ct = compute_dtype(g.dtype)
+
+  def up(x):
+    return x.astype(ct)
+
+  def step(carry, one):
+    dm, dv = carry
+    gc, bm_hat, bv_hat = up(g) * one, up(bm) * (one / c.base_c1), up(bv) * (one / c.base_c2)
+    ndm = c.b1 * up(dm) + (1 - c.b1) * (gc - bm_hat)
+    ndv = c.b2 * up(dv) + (1 - c.b2) * (gc * gc - bv_hat)
+    return ndm.astype(dm.dtype), ndv.astype(dv.dtype)
+
+  pairs = list(zip(dms, dvs, strict=True))
+  new_dms, new_dvs = zip(*rewrite_active(objective, valid, pairs, step), strict=True)
+  bm_hat = up(bm) * (1 / c.base_c1)
+  bv_hat = up(bv) * (1 / c.base_c2)
+  m = up(select_objective(objective, new_dms)) * (1 / c.delta_c1) + bm_hat
+  v = jnp.abs(up(select_objective(objective, new_dvs)) * (1 / c.delta_c2) + bv_hat)
+  if bounded:
+    v = jnp.maximum(v, m * m)
+  u = jnp.where(valid, m / (jnp.sqrt(v) + c.eps), jnp.nan).astype(g.dtype)
+  z = zero_after(u).astype(ct) if order else jnp.zeros((), ct)
+  gc = up(g)
+  nbm = jnp.where(valid, c.base_b1 * up(bm) + (1 - c.base_b1) * gc, up(bm))
+  nbv = jnp.where(valid, c.base_b2 * up(bv) + (1 - c.base_b2) * (gc * gc), up(bv))
+  return u, (nbm + z).astype(bm.dtype), (nbv + z).astype(bv.dtype), tuple(new_dms), tuple(new_dvs)
 
 
 def unzip(like: Any, tree_of_tuples: Any, n: int) -> tuple:

@@ -7,24 +7,31 @@ old value, and XLA proves that from data dependencies alone (XLA:CPU expands
 Written directly, the rule lets the write of the new ``Bm``/``Bv`` float free
 of the computations that still read the old ones (``u``, which the caller
 fuses into the parameter update, and the deltas' updates), and copy insertion
-keeps full-size copies of the old base moments (and, with a traced
-objective, of every delta). What keeps the copies out is a free data
-dependency: the new base moments (and, for a traced objective, the rewritten
-deltas) add ``zero_after(u)``, an exact 0.0 read from one element of ``u``.
-``u`` contains divisions, which XLA does not duplicate into a second consumer,
-so ``u`` is computed once, before those writes, from the old values; the new
-deltas it reads are computed before it. The price is that ``u`` becomes one
-materialised temporary instead of being fused into the caller's parameter
-update. The aliases (``dualoptim_plus``, ``dualoptim``) avoid that price with
-``order_state_writes`` below: the zeros are read from the caller's new
-parameters instead, so ``u`` stays fused into the parameter update and the
-moments are overwritten after it. ``tests/test_hlo.py`` checks the compiled
+keeps full-size copies of the old base moments. What keeps the copies out is a
+free data dependency: the new base moments add ``zero_after(u)``, an exact 0.0
+read from one element of ``u``. ``u`` contains divisions, which XLA does not
+duplicate into a second consumer, so ``u`` is computed once, before those
+writes, from the old values; the new deltas it reads are computed before it.
+The price is that ``u`` becomes one materialised temporary instead of being
+fused into the caller's parameter update. The ``dualoptim_plus`` alias avoids
+that price with ``order_state_writes`` below: the zeros are read from the
+caller's new parameters instead, so ``u`` stays fused into the parameter
+update and the base moments are overwritten after it.
+
+The per-objective moments need no ordering: only the active objective's are
+rewritten, from their own old values, and ``u`` reads the new ones. With a
+static objective that is plain indexing; with a traced one it is
+``rewrite_active`` below (one single-trip ``while_loop`` per objective), which
+made the traced step as fast as the static one (64M params on CPU: 3.9x adamw
+with a ``where`` over every delta). ``tests/test_hlo.py`` checks the compiled
 HLO for state-sized copies.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -105,14 +112,10 @@ def order_state_writes(
       for name in new._fields:
         n, o = getattr(new, name), getattr(old, name)
         if isinstance(n, tuple) and not hasattr(n, "_fields"):
-          # Per-objective moments. With a static objective only the active one
-          # is rewritten, from its own old value, and the update reads the new
-          # value: nothing to order (ordering would materialise it twice).
-          # With a traced objective every one is rewritten (selected back), and
-          # the update reads the old ones: order them like the base.
-          pairs = zip(jax.tree.leaves(n), jax.tree.leaves(o), strict=True)
-          changed = all(a is not b for a, b in pairs)
-          fields[name] = tuple(after(a, b) for a, b in zip(n, o, strict=True)) if changed else n
+          # Per-objective moments: only the active one is rewritten (traced or
+          # not, see rewrite_active), from its own old value, and the update
+          # reads the new value: nothing to order.
+          fields[name] = n
         else:
           fields[name] = after(n, o)
       return type(new)(**fields)
@@ -124,3 +127,38 @@ def order_state_writes(
     return final, new_state
 
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
+
+
+def rewrite_active(
+  objective: jax.Array, valid: jax.Array, moments: Sequence[Any], step: Callable[[Any, Any], Any]
+) -> list:
+  """Rewrites only the active objective's moments, in place, for a traced objective.
+
+  ``moments[k]`` is objective ``k``'s carry (a pytree of arrays). Each carry
+  goes through a ``while_loop`` that makes one trip when ``k`` is the active
+  (valid) objective and none otherwise. A loop's carried buffers are updated in
+  place, so the inactive moments are neither read nor written, where a
+  ``jnp.where`` over every objective rewrites all of them and a ``lax.cond``
+  copies the ones a branch passes through.
+
+  Args:
+    objective: the traced int32 objective.
+    valid: whether it is in range (nothing is rewritten otherwise).
+    moments: one carry per objective.
+    step: ``step(carry, one) -> new carry``. ``one`` is a float32 1.0 that XLA
+      cannot prove constant: multiply the loop-invariant full-size inputs (the
+      gradient, the base moments) by it, or XLA hoists their products out of
+      the loop as full-size temporaries.
+
+  Returns:
+    The new carries, in order.
+  """
+  out = []
+  for k, carry in enumerate(moments):
+    trips = ((objective == k) & valid).astype(jnp.int32)
+
+    def body(i, carry):
+      return step(carry, jnp.where(i == 0, 1, 0).astype(jnp.float32))
+
+    out.append(jax.lax.fori_loop(0, trips, body, carry))
+  return out
