@@ -127,8 +127,9 @@ def scale_by_dualoptim(
       # (ordering.rewrite_active), and u reads their new values.
       def step(carry, one):
         mu, nu = carry
-        m = b1_ * mu.astype(ct) + (1 - b1_) * (gc * one)
-        v = b2_ * nu.astype(ct) + (1 - b2_) * (gc * gc * one)
+        g1 = gc * one
+        m = b1_ * mu.astype(ct) + (1 - b1_) * g1
+        v = b2_ * nu.astype(ct) + (1 - b2_) * (g1 * g1)
         return m.astype(mu.dtype), v.astype(nu.dtype)
 
       pairs = list(zip(mus, nus, strict=True))
