@@ -17,7 +17,8 @@ Objective modes:
 Run (the README's table comes from the first command)::
 
   python -m benchmarks.step_time --sizes 64M --repeats 7 --out results/step_time_64m.json
-  python -m benchmarks.step_time --sizes 16M,64M,128M --out results/step_time.json
+  python -m benchmarks.step_time --sizes 16M,64M --out results/step_time.json
+  python -m benchmarks.step_time --sizes 128M --modes static   # one mode at a time: ~10 GB
   python -m benchmarks.step_time --sizes 1M --repeats 2   # a quick smoke run
 
 It runs on whatever backend JAX picks (CPU here; on a GPU it reports GPU times).
