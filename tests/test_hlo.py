@@ -97,15 +97,15 @@ def entry_full_size_fusions(hlo: str) -> int:
 
 @pytest.mark.parametrize("name", ["dualoptim_plus", "dualoptim"])
 def test_traced_objective_leaves_inactive_moments_alone(name):
-  """A traced objective rewrites only the active moments (inside ``while_loop``s).
+  """A traced objective rewrites only the active moments (inside ``lax.cond``s).
 
   A ``where`` over every objective's moments would add one full-size pass per
-  inactive moment to every step. Outside its loops the traced step runs the
-  static step's passes minus the two that rewrite the active moment pair (those
-  run inside the loops); a loop-invariant product hoisted out of the loops
-  (e.g. ``g * g``) would show up as one more.
+  inactive moment to every step. Outside its conditionals the traced step runs
+  the static step's passes minus the two that rewrite the active moment pair
+  (those run inside the conditionals); a product hoisted out of them (e.g.
+  ``g * g``) would show up as one more.
   """
   _, static, _ = compiled_step(OPTIMIZERS[name](), "static")
   _, traced, _ = compiled_step(OPTIMIZERS[name](), "traced")
-  assert " while(" in traced
+  assert " conditional(" in traced
   assert entry_full_size_fusions(traced) == entry_full_size_fusions(static) - 2

@@ -125,12 +125,9 @@ def scale_by_dualoptim(
 
       # Traced objective: only the active moments are rewritten, in place
       # (ordering.rewrite_active), and u reads their new values.
-      def step(carry, one):
+      def step(carry):
         mu, nu = carry
-        g1 = gc * one
-        m = b1_ * mu.astype(ct) + (1 - b1_) * g1
-        v = b2_ * nu.astype(ct) + (1 - b2_) * (g1 * g1)
-        return m.astype(mu.dtype), v.astype(nu.dtype)
+        return new_m(mu).astype(mu.dtype), new_v(nu).astype(nu.dtype)
 
       pairs = list(zip(mus, nus, strict=True))
       new_mus, new_nus = zip(*rewrite_active(obj, valid, pairs, step), strict=True)

@@ -329,11 +329,17 @@ def traced_leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, ord
   def up(x):
     return x.astype(ct)
 
-  def step(carry, one):
+  def base_hat():
+    # Called inside the branch and again for u: a value shared across the
+    # cond would be materialised as full-size temporaries (test_hlo.py).
+    return (
+      unbias(up(bm), c.base_c1, reciprocal=True),
+      unbias(up(bv), c.base_c2, reciprocal=True),
+    )
+
+  def step(carry):
     dm, dv = carry
-    bm_hat = unbias(up(bm) * one, c.base_c1, reciprocal=True)
-    bv_hat = unbias(up(bv) * one, c.base_c2, reciprocal=True)
-    ndm, ndv = plus_deltas(up(g) * one, bm_hat, bv_hat, up(dm), up(dv), c)
+    ndm, ndv = plus_deltas(up(g), *base_hat(), up(dm), up(dv), c)
     return ndm.astype(dm.dtype), ndv.astype(dv.dtype)
 
   pairs = list(zip(dms, dvs, strict=True))
@@ -341,8 +347,7 @@ def traced_leaf_update(g, bm, bv, dms, dvs, objective, c, valid, *, bounded, ord
   u = plus_direction(
     up(select_objective(objective, new_dms)),
     up(select_objective(objective, new_dvs)),
-    unbias(up(bm), c.base_c1, reciprocal=True),
-    unbias(up(bv), c.base_c2, reciprocal=True),
+    *base_hat(),
     c,
     bounded=bounded,
     reciprocal=True,
