@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from loops import run_scan
 
 import dualoptim_jax as do
 
@@ -24,18 +25,6 @@ def parabola(p):
 def rosenbrock(p):
   x, y = p["xy"][0], p["xy"][1]
   return jnp.square(1.0 - x) + 100.0 * jnp.square(y - x * x)
-
-
-def run_scan(tx, loss, params, steps):
-  """Runs ``steps`` scheduled steps in one compiled scan."""
-
-  def step(carry, _):
-    params, state = carry
-    updates, state = tx.update(jax.grad(loss)(params), state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), length=steps))(params)
-  return params
 
 
 def run(tx, loss, params, steps, objective=None):

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from loops import run_scan
 from optax.contrib import MuonDimensionNumbers
 from optax.contrib import _muon as optax_muon
 
@@ -159,16 +160,6 @@ def test_base_changes_the_update():
   )
   np.testing.assert_array_equal(on[0]["w"], off[0]["w"])  # the base is 0 on step 1
   assert max_abs_diff(on[-1], off[-1]) > 1e-2
-
-
-def run_scan(tx, loss, params, steps):
-  def step(carry, _):
-    params, state = carry
-    updates, state = tx.update(jax.grad(loss)(params), state, params)
-    return (optax.apply_updates(params, updates), state), None
-
-  (params, _), _ = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), length=steps))(params)
-  return params
 
 
 TARGET = jnp.asarray(RNG.randn(6, 4), jnp.float32)
