@@ -105,18 +105,23 @@ def scale_by_dualoptim(
     def leaf(g, *moments):
       mus, nus = moments[:k_obj], moments[k_obj:]
       ct = compute_dtype(g.dtype)
-      gc = g.astype(ct)
 
+      # g is converted where it is used: one conversion shared with the
+      # traced path's conds would be materialised as a full-size temporary.
       def new_m(mu):
-        return b1_ * mu.astype(ct) + (1 - b1_) * gc
+        return b1_ * mu.astype(ct) + (1 - b1_) * g.astype(ct)
 
       def new_v(nu):
+        gc = g.astype(ct)
         return b2_ * nu.astype(ct) + (1 - b2_) * (gc * gc)
+
+      def direction(m, v):
+        return (m / c1) / (jnp.sqrt(v / c2) + eps_)
 
       if isinstance(obj, int):
         m = new_m(mus[obj])
         v = new_v(nus[obj])
-        u = ((m / c1) / (jnp.sqrt(v / c2) + eps_)).astype(g.dtype)
+        u = direction(m, v).astype(g.dtype)
         return (
           u,
           write_objective(obj, mus, m.astype(mus[0].dtype)),
@@ -133,7 +138,7 @@ def scale_by_dualoptim(
       new_mus, new_nus = zip(*rewrite_active(obj, valid, pairs, step), strict=True)
       m = select_objective(obj, new_mus).astype(ct)
       v = select_objective(obj, new_nus).astype(ct)
-      u = jnp.where(valid, (m / c1) / (jnp.sqrt(v / c2) + eps_), jnp.nan).astype(g.dtype)
+      u = jnp.where(valid, direction(m, v), jnp.nan).astype(g.dtype)
       return u, tuple(new_mus), tuple(new_nus)
 
     out = jax.tree.map(leaf, updates, *state.mu, *state.nu)
