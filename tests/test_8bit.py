@@ -351,16 +351,22 @@ def test_cpu_row_chunks_match_whole_leaf_updates(monkeypatch):
 
   params = {"w": jax.random.normal(jax.random.key(4), (96, 1024)), "v": jnp.ones((33, 129))}
   grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)
+  monkeypatch.setattr(impl, "CHUNK_ELEMENTS", 8192)  # "w" in 12 chunks of 8 rows
   results = []
   for enabled in (False, True):
     monkeypatch.setattr(impl, "chunking_enabled", lambda enabled=enabled: enabled)
     out = []
-    for tx in (do.dualoptim_plus_8bit(1e-2), do.adamw_8bit(1e-2)):
+    for name in ("dualoptim_plus_8bit", "dualoptim_8bit", "adamw_8bit"):
+      tx = getattr(do, name)(1e-2)
       state = tx.init(params)
       upd = jax.jit(lambda g, s, o, tx=tx: tx.update(g, s, params, objective=o))
-      for k in range(3):
-        obj = jnp.int32(k % 2)
+      for k in range(4):  # step 2 has an invalid objective: NaN updates, state unchanged
+        obj = jnp.int32(7 if k == 2 else k % 2)
+        before = state
         u, state = upd(jax.tree.map(lambda g, k=k: g * (k + 1.0), grads), state, obj)
+        if k == 2 and name != "adamw_8bit":  # adamw_8bit ignores objective=
+          assert all(np.isnan(x).all() for x in jax.tree.leaves(u))
+          jax.tree.map(np.testing.assert_array_equal, state, before)
       out.append((u, state))
     results.append(out)
   for (u0, s0), (u1, s1) in zip(*results, strict=True):

@@ -109,3 +109,31 @@ def test_traced_objective_leaves_inactive_moments_alone(name):
   _, traced, _ = compiled_step(OPTIMIZERS[name](), "traced")
   assert " conditional(" in traced
   assert entry_full_size_fusions(traced) == entry_full_size_fusions(static) - 2
+
+
+@pytest.mark.parametrize("mode", ["static", "traced"])
+@pytest.mark.parametrize("name", ["dualoptim_plus_8bit", "adamw_8bit"])
+def test_8bit_row_chunks_update_the_state_in_place(name, mode, monkeypatch):
+  """The CPU row-chunk loop writes every chunk's codes and scales into the donated state.
+
+  A ``lax.map`` stacks its results in fresh zero-filled buffers and copies them
+  into the state after the loop (full-size copies of every code and scale leaf);
+  a scale written before ``u`` has read its old value is copied on every
+  iteration. (With a single block per row, XLA also copies the ``(rows, 1)``
+  scales once on the way into and out of the loop: 1/256 of the bytes, not
+  tested; hence ``block_size=32`` here.)
+  """
+  from dualoptim_jax._src import dualoptim_plus_8bit as impl
+
+  rows, width = SHAPES["w"]
+  monkeypatch.setattr(impl, "chunking_enabled", lambda: True)
+  monkeypatch.setattr(impl, "CHUNK_ELEMENTS", 12 * width)  # 8 chunks of 12 rows
+  tx = getattr(do, name)(1e-3, weight_decay=0.1, block_size=32)
+  fn, hlo, args = compiled_step(tx, mode)
+  assert " while(" in hlo
+  nb = width // 32
+  chunked = {f"{rows},{width}", f"8,12,{width}", f"{rows},{nb}", f"8,12,{nb}"}
+  assert [m.group(0) for m in COPY.finditer(hlo) if m.group(2) in chunked] == []
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # "Some donated buffers were not usable" is a UserWarning
+    jax.block_until_ready(fn(*args))

@@ -24,7 +24,14 @@ from dualoptim_jax._src.dualoptim_plus import (
   unzip,
   write_objective,
 )
-from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, make_codec, map_row_chunks
+from dualoptim_jax._src.dualoptim_plus_8bit import (
+  KeepFp32,
+  compute_once,
+  is_quantized,
+  make_codec,
+  map_row_chunks,
+)
+from dualoptim_jax._src.ordering import zero_after
 
 
 class ScaleByDualOptim8bitState(NamedTuple):
@@ -110,15 +117,20 @@ def scale_by_dualoptim_8bit(
       gc = g.astype(f32)
       m = b1_ * codec.decode(m_c, m_s) + (1 - b1_) * gc
       v = b2_ * codec.decode(v_c, v_s) + (1 - b2_) * (gc * gc)
+      m, v = compute_once((m, v), count)
       u = (m / c1) / (jnp.sqrt(v / c2) + eps_)
-      return (u.astype(g.dtype), *codec.encode(m, m_c, m_s), *codec.encode(v, v_c, v_s))
+      new = (*codec.encode(m, m_c, m_s), *codec.encode(v, v_c, v_s))
+      # As in DualOptim+ 8-bit: u may recompute m and v from the old scales.
+      z = zero_after(u)
+      new = tuple(x if is_quantized(x) else x + z.astype(x.dtype) for x in new)
+      if not isinstance(valid, bool):
+        u = jnp.where(valid, u, jnp.nan)
+      return (u.astype(g.dtype), *new)
 
     def leaf(g, *moments):
       m_c, m_s, v_c, v_s = (moments[i * k_obj : (i + 1) * k_obj] for i in range(4))
       act = [select_objective(obj, tree) for tree in (m_c, m_s, v_c, v_s)]
       u, *new = map_row_chunks(core, (g, *act))
-      if not isinstance(valid, bool):
-        u = jnp.where(valid, u, jnp.nan)
       return (
         u,
         write_objective(obj, m_c, new[0]),

@@ -41,6 +41,7 @@ from dualoptim_jax._src.dualoptim_plus import (
   unzip,
   write_objective,
 )
+from dualoptim_jax._src.ordering import zero_after
 
 KeepFp32 = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
@@ -241,31 +242,39 @@ def scale_by_dualoptim_plus_8bit(
         coeffs,
         bounded=bounded,
       )
-      return (
-        u.astype(g.dtype),
+      nbm, nbv, ndm, ndv = compute_once((nbm, nbv, ndm, ndv), count)
+      new = (
         *codec.encode(nbm, bm_c, bm_s),
         *codec.encode(nbv, bv_c, bv_s),
         *codec.encode(ndm, dm_c, dm_s),
         *codec.encode(ndv, dv_c, dv_s),
       )
+      # u reads the old moments: XLA recomputes the new deltas inside it from
+      # the old scales (and float32 moments). Written after u, those are updated
+      # in place by the chunk loop instead of copied on every iteration (see
+      # ordering.py). The codes need no order: XLA decodes them into a temporary
+      # first, and writing them without waiting for u keeps both cores busy.
+      z = zero_after(u)
+      new = tuple(x if is_quantized(x) else x + z.astype(x.dtype) for x in new)
+      if not isinstance(valid, bool):
+        # Inside the chunk function, where the old values are read anyway
+        # (after the loop they would be overwritten in place).
+        u = jnp.where(valid, u, jnp.nan)
+        old_base = (bm_c, bm_s, bv_c, bv_s)
+        new = (*(jnp.where(valid, n, o) for n, o in zip(new[:4], old_base, strict=True)), *new[4:])
+      return (u.astype(g.dtype), *new)
 
     def leaf(g, bm_c, bm_s, bv_c, bv_s, *deltas):
       dm_c, dm_s, dv_c, dv_s = (deltas[i * k_obj : (i + 1) * k_obj] for i in range(4))
       act = [select_objective(obj, tree) for tree in (dm_c, dm_s, dv_c, dv_s)]
       u, *new = map_row_chunks(core, (g, bm_c, bm_s, bv_c, bv_s, *act))
-      new_bm, new_bv, new_dm, new_dv = new[0:2], new[2:4], new[4:6], new[6:8]
-      if not isinstance(valid, bool):
-        u = jnp.where(valid, u, jnp.nan)
-        new_bm = tuple(jnp.where(valid, n, o) for n, o in zip(new_bm, (bm_c, bm_s), strict=True))
-        new_bv = tuple(jnp.where(valid, n, o) for n, o in zip(new_bv, (bv_c, bv_s), strict=True))
       return (
-        u.astype(g.dtype),
-        *new_bm,
-        *new_bv,
-        write_objective(obj, dm_c, new_dm[0]),
-        write_objective(obj, dm_s, new_dm[1]),
-        write_objective(obj, dv_c, new_dv[0]),
-        write_objective(obj, dv_s, new_dv[1]),
+        u,
+        *new[:4],
+        write_objective(obj, dm_c, new[4]),
+        write_objective(obj, dm_s, new[5]),
+        write_objective(obj, dv_c, new[6]),
+        write_objective(obj, dv_s, new[7]),
       )
 
     out = jax.tree.map(
@@ -297,13 +306,28 @@ def scale_by_dualoptim_plus_8bit(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def compute_once(values: Sequence[jax.Array], count: jax.Array) -> tuple:
+  """``values`` unchanged, but computed once: divides them by an exact runtime 1.0.
+
+  XLA copies a cheap elementwise producer into each of its consumers, so every
+  new moment (its decodes included) was computed three times: for the block
+  absmax, for the encode and for ``u``. A division is an expensive producer
+  that XLA does not duplicate, and ``count / count`` is exactly 1.0 yet not a
+  constant XLA could fold: each new moment is then computed once, into a
+  temporary its consumers read (8-bit step 12-20% faster at 64M on CPU).
+  """
+  c = jnp.maximum(count, 1).astype(jnp.float32)
+  one = c / c
+  return tuple(v / one.astype(v.dtype) for v in values)
+
+
 # Cache blocking (CPU). Decoding, updating and re-encoding a moment takes several
 # XLA fusions (the block absmax is a reduction the encode must wait for), so a
 # whole-leaf update streams a few full-size float32 temporaries through memory.
 # Looping over chunks of rows keeps them in cache: 2-3x faster steps on CPU.
 # Skipped with several devices: a loop over a sharded leading axis would make
 # GSPMD gather the leaf, and that layout is what the codes/scales design keeps.
-CHUNK_ELEMENTS = 16384
+CHUNK_ELEMENTS = 131072
 
 
 def chunking_enabled() -> bool:
@@ -312,24 +336,43 @@ def chunking_enabled() -> bool:
 
 
 def map_row_chunks(fn: Callable[..., tuple], arrays: Sequence[jax.Array]) -> tuple:
-  """``fn(*arrays)``, computed ``CHUNK_ELEMENTS`` elements of rows at a time when worthwhile.
+  """``fn(*arrays)`` computed ``CHUNK_ELEMENTS`` elements of rows at a time when worthwhile.
 
-  ``fn`` must treat rows (every axis but the last) independently; every array
-  of ``arrays`` shares the leading axes of ``arrays[0]``. Results are the same
-  as one call on the whole arrays.
+  ``fn(g, *state)`` returns ``(u, *new_state)``: ``u`` shaped like ``g`` and
+  each new state array shaped like the one it replaces. ``fn`` must treat rows
+  (every axis but the last) independently; every array shares the leading
+  axes of ``g``. Results are the same as one call on the whole arrays.
+
+  The loop writes each chunk's new state into the old state's buffers (donated
+  state is updated in place) and reads a chunk's old values before writing it.
+  A ``lax.map`` would stack its results in fresh zero-filled buffers and then
+  copy them into the state's: 15% of the 8-bit step at 16M on CPU.
   """
-  g = arrays[0]
+  g, state = arrays[0], tuple(arrays[1:])
   if g.ndim < 2 or g.size < 2 * CHUNK_ELEMENTS or not chunking_enabled():
-    return fn(*arrays)
+    return fn(g, *state)
   rows = g.size // g.shape[-1]
   per = max(1, CHUNK_ELEMENTS // g.shape[-1])
   while rows % per:
     per -= 1
   if per * g.shape[-1] * 4 < CHUNK_ELEMENTS:  # awkward row counts: many tiny chunks
-    return fn(*arrays)
-  split = [a.reshape(rows // per, per, a.shape[-1]) for a in arrays]
-  out = jax.lax.map(lambda xs: fn(*xs), tuple(split))
-  return tuple(o.reshape(*g.shape[:-1], o.shape[-1]) for o in out)
+    return fn(g, *state)
+  n = rows // per
+
+  def split(a):
+    return a.reshape(n, per, a.shape[-1])
+
+  def body(i, carry):
+    u, st = carry
+    out_u, *new = fn(*(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (gs, *st)))
+    u = jax.lax.dynamic_update_index_in_dim(u, out_u.astype(u.dtype), i, 0)
+    return u, tuple(
+      jax.lax.dynamic_update_index_in_dim(a, x, i, 0) for a, x in zip(st, new, strict=True)
+    )
+
+  gs = split(g)
+  u, st = jax.lax.fori_loop(0, n, body, (jnp.zeros_like(gs), tuple(map(split, state))))
+  return tuple(o.reshape(*g.shape[:-1], o.shape[-1]) for o in (u, *st))
 
 
 def make_codec(block_size: Any, min_8bit_size: Any, keep_fp32: KeepFp32) -> MomentCodec:
