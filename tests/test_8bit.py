@@ -347,7 +347,7 @@ def test_unlearning_parity_on_a_toy_task():
 
 def test_cpu_row_chunks_match_whole_leaf_updates(monkeypatch):
   """The single-device CPU cache blocking (off here: 8 devices) gives the whole-leaf result."""
-  from dualoptim_jax._src import dualoptim_plus_8bit as impl
+  from dualoptim_jax._src import row_chunks as impl
 
   params = {"w": jax.random.normal(jax.random.key(4), (96, 1024)), "v": jnp.ones((33, 129))}
   grads = jax.tree.map(lambda p: jnp.cos(3.0 * p), params)

@@ -123,7 +123,7 @@ def test_8bit_row_chunks_update_the_state_in_place(name, mode, monkeypatch):
   scales once on the way into and out of the loop: 1/256 of the bytes, not
   tested; hence ``block_size=32`` here.)
   """
-  from dualoptim_jax._src import dualoptim_plus_8bit as impl
+  from dualoptim_jax._src import row_chunks as impl
 
   rows, width = SHAPES["w"]
   monkeypatch.setattr(impl, "chunking_enabled", lambda: True)

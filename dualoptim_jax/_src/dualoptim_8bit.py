@@ -24,14 +24,9 @@ from dualoptim_jax._src.dualoptim_plus import (
   unzip,
   write_objective,
 )
-from dualoptim_jax._src.dualoptim_plus_8bit import (
-  KeepFp32,
-  compute_once,
-  is_quantized,
-  make_codec,
-  map_row_chunks,
-)
+from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, is_quantized, make_codec
 from dualoptim_jax._src.ordering import zero_after
+from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks
 
 
 class ScaleByDualOptim8bitState(NamedTuple):

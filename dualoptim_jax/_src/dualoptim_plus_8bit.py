@@ -42,6 +42,7 @@ from dualoptim_jax._src.dualoptim_plus import (
   write_objective,
 )
 from dualoptim_jax._src.ordering import zero_after
+from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks
 
 KeepFp32 = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
@@ -304,75 +305,6 @@ def scale_by_dualoptim_plus_8bit(
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def compute_once(values: Sequence[jax.Array], count: jax.Array) -> tuple:
-  """``values`` unchanged, but computed once: divides them by an exact runtime 1.0.
-
-  XLA copies a cheap elementwise producer into each of its consumers, so every
-  new moment (its decodes included) was computed three times: for the block
-  absmax, for the encode and for ``u``. A division is an expensive producer
-  that XLA does not duplicate, and ``count / count`` is exactly 1.0 yet not a
-  constant XLA could fold: each new moment is then computed once, into a
-  temporary its consumers read (8-bit step 12-20% faster at 64M on CPU).
-  """
-  c = jnp.maximum(count, 1).astype(jnp.float32)
-  one = c / c
-  return tuple(v / one.astype(v.dtype) for v in values)
-
-
-# Cache blocking (CPU). Decoding, updating and re-encoding a moment takes several
-# XLA fusions (the block absmax is a reduction the encode must wait for), so a
-# whole-leaf update streams a few full-size float32 temporaries through memory.
-# Looping over chunks of rows keeps them in cache: 2-3x faster steps on CPU.
-# Skipped with several devices: a loop over a sharded leading axis would make
-# GSPMD gather the leaf, and that layout is what the codes/scales design keeps.
-CHUNK_ELEMENTS = 131072
-
-
-def chunking_enabled() -> bool:
-  """Whether per-leaf updates run in row chunks (single-device CPU only)."""
-  return jax.default_backend() == "cpu" and jax.device_count() == 1
-
-
-def map_row_chunks(fn: Callable[..., tuple], arrays: Sequence[jax.Array]) -> tuple:
-  """``fn(*arrays)`` computed ``CHUNK_ELEMENTS`` elements of rows at a time when worthwhile.
-
-  ``fn(g, *state)`` returns ``(u, *new_state)``: ``u`` shaped like ``g`` and
-  each new state array shaped like the one it replaces. ``fn`` must treat rows
-  (every axis but the last) independently; every array shares the leading
-  axes of ``g``. Results are the same as one call on the whole arrays.
-
-  The loop writes each chunk's new state into the old state's buffers (donated
-  state is updated in place) and reads a chunk's old values before writing it.
-  A ``lax.map`` would stack its results in fresh zero-filled buffers and then
-  copy them into the state's: 15% of the 8-bit step at 16M on CPU.
-  """
-  g, state = arrays[0], tuple(arrays[1:])
-  if g.ndim < 2 or g.size < 2 * CHUNK_ELEMENTS or not chunking_enabled():
-    return fn(g, *state)
-  rows = g.size // g.shape[-1]
-  per = max(1, CHUNK_ELEMENTS // g.shape[-1])
-  while rows % per:
-    per -= 1
-  if per * g.shape[-1] * 4 < CHUNK_ELEMENTS:  # awkward row counts: many tiny chunks
-    return fn(g, *state)
-  n = rows // per
-
-  def split(a):
-    return a.reshape(n, per, a.shape[-1])
-
-  def body(i, carry):
-    u, st = carry
-    out_u, *new = fn(*(jax.lax.dynamic_index_in_dim(a, i, keepdims=False) for a in (gs, *st)))
-    u = jax.lax.dynamic_update_index_in_dim(u, out_u.astype(u.dtype), i, 0)
-    return u, tuple(
-      jax.lax.dynamic_update_index_in_dim(a, x, i, 0) for a, x in zip(st, new, strict=True)
-    )
-
-  gs = split(g)
-  u, st = jax.lax.fori_loop(0, n, body, (jnp.zeros_like(gs), tuple(map(split, state))))
-  return tuple(o.reshape(*g.shape[:-1], o.shape[-1]) for o in (u, *st))
 
 
 def make_codec(block_size: Any, min_8bit_size: Any, keep_fp32: KeepFp32) -> MomentCodec:
