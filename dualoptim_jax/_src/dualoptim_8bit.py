@@ -20,13 +20,11 @@ from dualoptim_jax._src import base
 from dualoptim_jax._src.dualoptim_plus import (
   advance_counts,
   check_tree_matches,
-  select_objective,
   unzip,
-  write_objective,
 )
 from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, is_quantized, make_codec
 from dualoptim_jax._src.ordering import zero_after
-from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks
+from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks, update_active
 
 
 class ScaleByDualOptim8bitState(NamedTuple):
@@ -118,21 +116,20 @@ def scale_by_dualoptim_8bit(
       # As in DualOptim+ 8-bit: u may recompute m and v from the old scales.
       z = zero_after(u)
       new = tuple(x if is_quantized(x) else x + z.astype(x.dtype) for x in new)
-      if not isinstance(valid, bool):
-        u = jnp.where(valid, u, jnp.nan)
       return (u.astype(g.dtype), *new)
+
+    def step(g, shared, own, u_out=None):
+      u, *new = map_row_chunks(core, (g, *own), u_out)
+      return u, shared, tuple(new)
 
     def leaf(g, *moments):
       m_c, m_s, v_c, v_s = (moments[i * k_obj : (i + 1) * k_obj] for i in range(4))
-      act = [select_objective(obj, tree) for tree in (m_c, m_s, v_c, v_s)]
-      u, *new = map_row_chunks(core, (g, *act))
-      return (
-        u,
-        write_objective(obj, m_c, new[0]),
-        write_objective(obj, m_s, new[1]),
-        write_objective(obj, v_c, new[2]),
-        write_objective(obj, v_s, new[3]),
-      )
+      own = [(m_c[k], m_s[k], v_c[k], v_s[k]) for k in range(k_obj)]
+      if isinstance(obj, int):
+        u, _, own[obj] = step(g, (), own[obj])
+      else:
+        u, _, own = update_active(obj, valid, g, (), own, step)
+      return (u, *(tuple(o[i] for o in own) for i in range(4)))
 
     out = jax.tree.map(
       leaf, updates, *state.mu_codes, *state.mu_scales, *state.nu_codes, *state.nu_scales

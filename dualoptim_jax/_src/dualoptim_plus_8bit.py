@@ -37,12 +37,10 @@ from dualoptim_jax._src.dualoptim_plus import (
   check_tree_matches,
   plus_coefficients,
   plus_step,
-  select_objective,
   unzip,
-  write_objective,
 )
 from dualoptim_jax._src.ordering import zero_after
-from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks
+from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks, update_active
 
 KeepFp32 = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
@@ -257,26 +255,21 @@ def scale_by_dualoptim_plus_8bit(
       # first, and writing them without waiting for u keeps both cores busy.
       z = zero_after(u)
       new = tuple(x if is_quantized(x) else x + z.astype(x.dtype) for x in new)
-      if not isinstance(valid, bool):
-        # Inside the chunk function, where the old values are read anyway
-        # (after the loop they would be overwritten in place).
-        u = jnp.where(valid, u, jnp.nan)
-        old_base = (bm_c, bm_s, bv_c, bv_s)
-        new = (*(jnp.where(valid, n, o) for n, o in zip(new[:4], old_base, strict=True)), *new[4:])
       return (u.astype(g.dtype), *new)
+
+    def step(g, shared, own, u_out=None):
+      u, *new = map_row_chunks(core, (g, *shared, *own), u_out)
+      return u, tuple(new[:4]), tuple(new[4:])
 
     def leaf(g, bm_c, bm_s, bv_c, bv_s, *deltas):
       dm_c, dm_s, dv_c, dv_s = (deltas[i * k_obj : (i + 1) * k_obj] for i in range(4))
-      act = [select_objective(obj, tree) for tree in (dm_c, dm_s, dv_c, dv_s)]
-      u, *new = map_row_chunks(core, (g, bm_c, bm_s, bv_c, bv_s, *act))
-      return (
-        u,
-        *new[:4],
-        write_objective(obj, dm_c, new[4]),
-        write_objective(obj, dm_s, new[5]),
-        write_objective(obj, dv_c, new[6]),
-        write_objective(obj, dv_s, new[7]),
-      )
+      own = [(dm_c[k], dm_s[k], dv_c[k], dv_s[k]) for k in range(k_obj)]
+      shared = (bm_c, bm_s, bv_c, bv_s)
+      if isinstance(obj, int):
+        u, shared, own[obj] = step(g, shared, own[obj])
+      else:
+        u, shared, own = update_active(obj, valid, g, shared, own, step)
+      return (u, *shared, *(tuple(o[i] for o in own) for i in range(4)))
 
     out = jax.tree.map(
       leaf,
