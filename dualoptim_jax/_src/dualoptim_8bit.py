@@ -22,9 +22,13 @@ from dualoptim_jax._src.dualoptim_plus import (
   check_tree_matches,
   unzip,
 )
-from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, is_quantized, make_codec
-from dualoptim_jax._src.ordering import zero_after
-from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks, update_active
+from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, make_codec
+from dualoptim_jax._src.row_chunks import (
+  compute_once,
+  map_row_chunks,
+  update_active,
+  written_after,
+)
 
 
 class ScaleByDualOptim8bitState(NamedTuple):
@@ -113,10 +117,7 @@ def scale_by_dualoptim_8bit(
       m, v = compute_once((m, v), count)
       u = (m / c1) / (jnp.sqrt(v / c2) + eps_)
       new = (*codec.encode(m, m_c, m_s), *codec.encode(v, v_c, v_s))
-      # As in DualOptim+ 8-bit: u may recompute m and v from the old scales.
-      z = zero_after(u)
-      new = tuple(x if is_quantized(x) else x + z.astype(x.dtype) for x in new)
-      return (u.astype(g.dtype), *new)
+      return (u.astype(g.dtype), *written_after(u, new))
 
     def step(g, shared, own, u_out=None):
       u, *new = map_row_chunks(core, (g, *own), u_out)

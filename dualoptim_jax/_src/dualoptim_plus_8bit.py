@@ -39,8 +39,12 @@ from dualoptim_jax._src.dualoptim_plus import (
   plus_step,
   unzip,
 )
-from dualoptim_jax._src.ordering import zero_after
-from dualoptim_jax._src.row_chunks import compute_once, map_row_chunks, update_active
+from dualoptim_jax._src.row_chunks import (
+  compute_once,
+  map_row_chunks,
+  update_active,
+  written_after,
+)
 
 KeepFp32 = Callable[[Any, Any], bool] | str | Sequence[str] | None
 
@@ -72,11 +76,6 @@ def keep_fp32_predicate(keep_fp32: KeepFp32) -> Callable[[Any, Any], bool]:
     return keep_fp32
   names = (keep_fp32,) if isinstance(keep_fp32, str) else tuple(keep_fp32)
   return lambda path, p: any(n in jax.tree_util.keystr(path) for n in names)
-
-
-def is_quantized(codes: Any) -> bool:
-  """Whether a stored moment leaf holds 8-bit codes (else it is the float32 moment)."""
-  return codes.dtype in (jnp.int8, jnp.uint8)
 
 
 def explicit_sharding(p: Any) -> Any:
@@ -128,7 +127,7 @@ class MomentCodec(NamedTuple):
 
   def decode(self, codes: jax.Array, scales: jax.Array) -> jax.Array:
     """The float32 moment of one stored leaf."""
-    if is_quantized(codes):
+    if quant.is_codes(codes):
       q = quant.QuantizedArray(codes, scales)
       return quant.dequantize_blockwise(q, block_size=self.block_size)
     return codes.astype(jnp.float32)
@@ -137,7 +136,7 @@ class MomentCodec(NamedTuple):
     self, x: jax.Array, codes: jax.Array, scales: jax.Array
   ) -> tuple[jax.Array, jax.Array]:
     """Stores float32 ``x`` in the form of the leaf ``(codes, scales)`` it replaces."""
-    if is_quantized(codes):
+    if quant.is_codes(codes):
       q = quant.quantize_blockwise(x, signed=codes.dtype == jnp.int8, block_size=self.block_size)
       return q.codes, q.scales
     return x.astype(codes.dtype), scales
@@ -248,14 +247,7 @@ def scale_by_dualoptim_plus_8bit(
         *codec.encode(ndm, dm_c, dm_s),
         *codec.encode(ndv, dv_c, dv_s),
       )
-      # u reads the old moments: XLA recomputes the new deltas inside it from
-      # the old scales (and float32 moments). Written after u, those are updated
-      # in place by the chunk loop instead of copied on every iteration (see
-      # ordering.py). The codes need no order: XLA decodes them into a temporary
-      # first, and writing them without waiting for u keeps both cores busy.
-      z = zero_after(u)
-      new = tuple(x if is_quantized(x) else x + z.astype(x.dtype) for x in new)
-      return (u.astype(g.dtype), *new)
+      return (u.astype(g.dtype), *written_after(u, new))
 
     def step(g, shared, own, u_out=None):
       u, *new = map_row_chunks(core, (g, *shared, *own), u_out)

@@ -211,9 +211,14 @@ def _encode_normalised(y: jax.Array, signed: bool) -> jax.Array:
   return index.astype(jnp.uint8)
 
 
+def is_codes(x: jax.Array) -> bool:
+  """Whether ``x`` holds 8-bit codes (int8: signed map, uint8: unsigned map)."""
+  return x.dtype in (jnp.int8, jnp.uint8)
+
+
 def decode_codes(codes: jax.Array) -> jax.Array:
   """The map values (float32, in ``[-1, 1]``) of int8 (signed) or uint8 (unsigned) codes."""
-  if codes.dtype not in (jnp.int8, jnp.uint8):
+  if not is_codes(codes):
     raise TypeError(f"codes must be int8 (signed map) or uint8 (unsigned map), got {codes.dtype}.")
   signed = codes.dtype == jnp.int8
   index = codes.astype(jnp.int32) + (128 if signed else 0)
