@@ -126,10 +126,7 @@ def scale_by_dualoptim_8bit(
     def leaf(g, *moments):
       m_c, m_s, v_c, v_s = (moments[i * k_obj : (i + 1) * k_obj] for i in range(4))
       own = [(m_c[k], m_s[k], v_c[k], v_s[k]) for k in range(k_obj)]
-      if isinstance(obj, int):
-        u, _, own[obj] = step(g, (), own[obj])
-      else:
-        u, _, own = update_active(obj, valid, g, (), own, step)
+      u, _, own = update_active(obj, valid, g, (), own, step)
       return (u, *(tuple(o[i] for o in own) for i in range(4)))
 
     out = jax.tree.map(

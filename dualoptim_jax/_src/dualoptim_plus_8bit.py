@@ -257,10 +257,7 @@ def scale_by_dualoptim_plus_8bit(
       dm_c, dm_s, dv_c, dv_s = (deltas[i * k_obj : (i + 1) * k_obj] for i in range(4))
       own = [(dm_c[k], dm_s[k], dv_c[k], dv_s[k]) for k in range(k_obj)]
       shared = (bm_c, bm_s, bv_c, bv_s)
-      if isinstance(obj, int):
-        u, shared, own[obj] = step(g, shared, own[obj])
-      else:
-        u, shared, own = update_active(obj, valid, g, shared, own, step)
+      u, shared, own = update_active(obj, valid, g, shared, own, step)
       return (u, *shared, *(tuple(o[i] for o in own) for i in range(4)))
 
     out = jax.tree.map(

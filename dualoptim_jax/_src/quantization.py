@@ -273,11 +273,3 @@ def code_dtype(signed: bool) -> jnp.dtype:
 def zero_code(signed: bool) -> int:
   """The stored code of 0.0: -1 (sorted index 127) signed, 0 unsigned."""
   return _ZERO_CODE[bool(signed)]
-
-
-def zeros(shape: tuple[int, ...], *, signed: bool, block_size: int) -> QuantizedArray:
-  """The quantized zeros of ``shape`` (what :func:`quantize_blockwise` gives for zeros)."""
-  return QuantizedArray(
-    codes=jnp.full(shape, zero_code(signed), code_dtype(signed)),
-    scales=jnp.zeros(scales_shape(shape, block_size), jnp.float32),
-  )

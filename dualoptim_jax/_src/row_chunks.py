@@ -123,17 +123,18 @@ def map_row_chunks(
 
 
 def update_active(
-  objective: jax.Array,
-  valid: jax.Array,
+  objective: int | jax.Array,
+  valid: bool | jax.Array,
   g: jax.Array,
   shared: tuple,
   own: Sequence[tuple],
   update: Callable[..., tuple],
 ) -> tuple[jax.Array, tuple, list]:
-  """One leaf's 8-bit step for a traced objective: only the active objective's moments move.
+  """One leaf's 8-bit step: only the active objective's moments move.
 
   ``update(g, shared, own_k, u_out=None) -> (u, shared, own_k)`` is the step
-  of objective ``k``. When the leaf runs in row chunks, it runs inside one
+  of objective ``k``. A static (Python int) objective just runs it on its own
+  moments. For a traced one, when the leaf runs in row chunks, it runs inside one
   ``lax.cond`` per objective (the branch of the active, valid one), chained
   through the shared moments and ``u``: the chunk loop then updates the active
   and the shared moments in place and no other moment is read or written. A
@@ -146,6 +147,10 @@ def update_active(
     ``(u, shared, own)``: ``u`` is NaN and nothing changes when no objective
     is active (an invalid objective).
   """
+  if isinstance(objective, int):
+    new_own = list(own)
+    u, shared, new_own[objective] = update(g, shared, own[objective])
+    return u, shared, new_own
   if chunk_rows(g) is None:
     return _update_active_where(objective, valid, g, shared, own, update)
   u = jnp.full_like(g, jnp.nan)
