@@ -1,7 +1,8 @@
-"""Unlearning experiments for dualoptim_jax: Flax NNX model, TOFU-style data, losses, metrics, CLI.
+"""Unlearning experiments for dualoptim_jax, organised by concern.
 
-Run ``python -m experiments.tofu --help``. Modules: ``model`` (decoder LM),
-``tokenizer`` (local BPE), ``data``/``synthetic``/``tofu_data`` (corpora),
-``batching``, ``losses``, ``metrics``, ``evaluate``, ``optimizers``, ``train``,
-``checkpoint``, ``report``, ``plots``, ``pipeline`` (all phases) and ``tofu`` (CLI).
+- ``models/``: the in-house decoder LM (and HF-format families).
+- ``data/``: QA corpora (generated, real TOFU), tokenizer, batching.
+- ``loops/``: fine-tuning and unlearning loops, loss and optimizer registries, checkpoints.
+- ``evaluation/``: TOFU evaluation, metrics glue, report tables, plots.
+- ``pipeline``: every phase of the TOFU job; ``tofu``: its CLI (``python -m experiments.tofu``).
 """

@@ -21,20 +21,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from experiments import losses, optimizers, plots, report
-from experiments import model as modellib
-from experiments import tokenizer as toklib
-from experiments.batching import Encoder
-from experiments.data import Corpus
-from experiments.evaluate import Evaluator
-from experiments.train import (
-  FineTuneConfig,
-  UnlearnBatches,
-  Unlearner,
-  fine_tune,
-  make_apply,
-  make_finetune_step,
-)
+from experiments.data import tokenizer as toklib
+from experiments.data.batching import Encoder
+from experiments.data.corpus import Corpus
+from experiments.evaluation import plots, report
+from experiments.evaluation.evaluate import Evaluator
+from experiments.loops import losses, optimizers
+from experiments.loops.finetune import FineTuneConfig, fine_tune, make_finetune_step
+from experiments.loops.unlearn import UnlearnBatches, Unlearner
+from experiments.models import decoder as modellib
+from experiments.models import make_apply
 
 
 @dataclasses.dataclass(frozen=True)

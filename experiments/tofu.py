@@ -13,9 +13,9 @@ import argparse
 import pathlib
 import sys
 
-from experiments import losses, optimizers
-from experiments.data import DataError, check_split
-from experiments.train import FineTuneConfig
+from experiments.data.corpus import DataError, check_split
+from experiments.loops import losses, optimizers
+from experiments.loops.finetune import FineTuneConfig
 
 DEFAULT_LOSSES = ("NPO+GD", "IDK+GD")
 
@@ -79,10 +79,10 @@ def parser() -> argparse.ArgumentParser:
 def _load(args):
   check_split(args.split)
   if args.data == "synthetic":
-    from experiments import synthetic
+    from experiments.data import synthetic
 
     return synthetic.generate(args.split, task_id=args.task_id, n_authors=args.n_authors), False
-  from experiments import tofu_data
+  from experiments.data import tofu as tofu_data
 
   limit = args.retain_limit or None
   if args.data == "hf":
@@ -95,7 +95,7 @@ def _load(args):
 
 def settings_from(args, real: bool):
   """Validated :class:`~experiments.pipeline.Settings` from parsed arguments."""
-  from experiments.model import MODEL_SIZES
+  from experiments.models.decoder import MODEL_SIZES
   from experiments.pipeline import Settings
 
   names = [n for item in (args.loss or list(DEFAULT_LOSSES)) for n in _list(item)]

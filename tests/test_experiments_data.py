@@ -6,8 +6,10 @@ import shutil
 
 import pytest
 
-from experiments import synthetic, tofu, tofu_data
-from experiments.data import DataError
+from experiments import tofu
+from experiments.data import synthetic
+from experiments.data import tofu as tofu_data
+from experiments.data.corpus import DataError
 
 TOFU = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tofu"
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import losses
-from experiments.batching import Batch
-from experiments.model import DecoderLM, config_for
-from experiments.train import make_apply
+from experiments.data.batching import Batch
+from experiments.loops import losses
+from experiments.models import make_apply
+from experiments.models.decoder import DecoderLM, config_for
 
 VOCAB, SEQ, B = 40, 12, 3
 

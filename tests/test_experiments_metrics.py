@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from experiments import metrics
+from experiments.evaluation import metrics
 
 
 def test_truth_ratio_hand_computed():

@@ -47,7 +47,7 @@ def test_checkpoint_round_trip(tmp_path):
   import jax.numpy as jnp
   import optax
 
-  from experiments.checkpoint import Checkpoints
+  from experiments.loops.checkpoint import Checkpoints
 
   params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": jnp.ones(3, jnp.float32)}
   opt_state = optax.adam(1e-3).init(params)

@@ -17,7 +17,7 @@ import json
 import os
 import pathlib
 
-from experiments.data import QA, Corpus, DataError, check_split
+from experiments.data.corpus import QA, Corpus, DataError, check_split
 
 HF_REPO = "locuslab/TOFU"
 
@@ -163,6 +163,6 @@ def load_hf(split: str = "forget05", **kwargs) -> Corpus:
       f"could not download {HF_REPO} from the HF hub ({type(e).__name__}); "
       "pass a local folder with --data PATH instead"
     ) from None
-  from experiments.synthetic import IDK
+  from experiments.data.synthetic import IDK
 
   return load_local(folder, split, idk_fallback=IDK, **kwargs)

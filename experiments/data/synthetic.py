@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 
-from experiments.data import QA, Corpus, check_split
+from experiments.data.corpus import QA, Corpus, check_split
 
 _SYL = "ka lo mi ra ne su ta vi do re la mo ni sa be tu fa ri zo el an or is ul".split()
 _CITIES = (

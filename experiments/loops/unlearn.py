@@ -1,17 +1,14 @@
-"""Training loops: fine-tuning (original model and retain-only oracle) and unlearning.
+"""Unlearning loop: forget/retain batches in the reference's pattern and the jitted step.
 
-Both loops are functional: the NNX model is split once into a graph
-definition and a parameter state, and the jitted steps take and return the
-state. The unlearning step is compiled once per (optimizer, loss pair) and
-reused for every learning rate and seed: the objective and the peak learning
-rate are traced arguments.
+The step is compiled once per (optimizer, loss pair) and reused for every
+learning rate and seed: the objective and the peak learning rate are traced
+arguments. Data flows batch -> loss(objective) -> grads ->
+``tx.update(objective=)`` -> apply.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import pathlib
 import time
 
 import jax
@@ -21,131 +18,9 @@ import optax
 from tqdm.auto import tqdm
 
 import dualoptim_jax
-from experiments import losses, optimizers
-from experiments.batching import Batch, Encoder, round_up
-from experiments.checkpoint import Checkpoints
-from experiments.data import QA, Corpus
-
-
-def make_apply(graphdef):
-  """``apply(params, ids, mask) -> logits`` for an ``nnx`` graph definition."""
-  from flax import nnx
-
-  return lambda params, ids, mask: nnx.merge(graphdef, params)(ids, mask)
-
-
-@dataclasses.dataclass(frozen=True)
-class FineTuneConfig:
-  """Fine-tuning hyperparameters (AdamW, warm-up then cosine decay to 10 %).
-
-  Attributes:
-    epochs: passes over the training set.
-    batch_size: sequences per step.
-    lr: peak learning rate.
-    weight_decay: decoupled weight decay on matrices.
-    save_every: epochs between checkpoints.
-  """
-
-  epochs: int = 40
-  batch_size: int = 32
-  lr: float = 3e-3
-  weight_decay: float = 0.01
-  save_every: int = 10
-
-
-def make_finetune_step(apply, params, weight_decay: float):
-  """``(tx, step)`` for fine-tuning; ``step(params, opt_state, batch, lr)`` is jitted once.
-
-  The learning rate is a traced argument (AdamW's update is linear in it), so
-  the same compiled step serves the original model and the oracle, whose
-  schedules differ in length.
-  """
-  tx = optax.chain(
-    optax.clip_by_global_norm(1.0),
-    optax.adamw(
-      1.0, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=optimizers.decay_mask(params)
-    ),
-  )
-
-  @jax.jit
-  def step(params, opt_state, batch, lr):
-    loss, grads = jax.value_and_grad(lambda p: losses.ce_mean(apply, p, batch))(params)
-    with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: float ** int32
-      updates, opt_state = tx.update(grads, opt_state, params)
-    updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  return tx, step
-
-
-def fine_tune(
-  apply,
-  params,
-  data: tuple[QA, ...],
-  encoder: Encoder,
-  cfg: FineTuneConfig,
-  ckpt_dir: pathlib.Path,
-  *,
-  seed: int = 0,
-  desc: str = "fine-tune",
-  step_fn=None,
-):
-  """Trains ``params`` on ``data`` (mean answer CE), resuming from ``ckpt_dir``.
-
-  Args:
-    apply: ``apply(params, ids, mask) -> logits``.
-    params: initial parameters.
-    data: training pairs.
-    encoder: tokeniser.
-    cfg: hyperparameters.
-    ckpt_dir: checkpoint directory (resumed from when it holds a step).
-    seed: shuffling seed.
-    desc: progress-bar label.
-    step_fn: a ``(tx, step)`` pair from :func:`make_finetune_step` to reuse.
-
-  Returns:
-    ``(params, losses)``: the trained parameters and the mean loss per epoch of
-    this call (empty when the checkpoint was already complete).
-  """
-  n_batches = math.ceil(len(data) / cfg.batch_size)
-  total = cfg.epochs * n_batches
-  schedule = optax.warmup_cosine_decay_schedule(
-    0.0, cfg.lr, max(total // 20, 1), total, end_value=cfg.lr * 0.1
-  )
-  tx, step = step_fn or make_finetune_step(apply, params, cfg.weight_decay)
-  opt_state = tx.init(params)
-  ckpt = Checkpoints(ckpt_dir)
-  start = 0
-  if ckpt.latest() is not None:
-    params, opt_state, meta = ckpt.restore(ckpt.latest(), params, opt_state)
-    start = int(meta["epoch"])
-  history: list[float] = []
-  if start >= cfg.epochs:
-    ckpt.close()
-    return params, history
-
-  pairs = [(q.question, q.answer) for q in data]
-  rng = np.random.default_rng(seed)
-  for _ in range(start):  # replay the shuffles of finished epochs
-    rng.permutation(len(pairs))
-  bar = tqdm(range(start, cfg.epochs), desc=desc, leave=False)
-  for epoch in bar:
-    order = rng.permutation(len(pairs))
-    order = np.concatenate([order, order[: n_batches * cfg.batch_size - len(order)]])
-    epoch_losses = []
-    for b in range(n_batches):
-      chunk = [pairs[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-      bucket = 16 if encoder.max_len <= 64 else 32  # few distinct shapes, little padding
-      length = min(round_up(encoder.max_pair_len(chunk), bucket), encoder.max_len)
-      lr = jnp.asarray(schedule(epoch * n_batches + b), jnp.float32)
-      params, opt_state, loss = step(params, opt_state, encoder.batch(chunk, length), lr)
-      epoch_losses.append(loss)
-    history.append(float(np.mean(jax.device_get(epoch_losses))))
-    bar.set_postfix(loss=f"{history[-1]:.3f}")
-    if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-      ckpt.save(epoch + 1, params, opt_state, {"epoch": epoch + 1, "loss": history[-1]})
-  ckpt.close()
-  return params, history
+from experiments.data.batching import Batch, Encoder
+from experiments.data.corpus import Corpus
+from experiments.loops import losses, optimizers
 
 
 class UnlearnBatches:
@@ -206,7 +81,7 @@ class Unlearner:
 
   Args:
     apply: ``apply(params, ids, mask) -> logits``.
-    recipe: the shared :class:`~experiments.optimizers.Recipe`.
+    recipe: the shared :class:`~experiments.loops.optimizers.Recipe`.
     steps: total optimizer steps (same budget for every optimizer).
     warmup: warm-up steps (one epoch of forget batches).
   """

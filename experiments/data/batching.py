@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 from tokenizers import Tokenizer
 
-from experiments import tokenizer as toklib
+from experiments.data import tokenizer as toklib
 
 
 class Batch(NamedTuple):

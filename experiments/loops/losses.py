@@ -4,7 +4,7 @@ Every loss has the signature ``loss(apply, params, ref_params, batches)``:
 ``apply(params, ids, mask)`` returns logits, ``ref_params`` is the frozen
 reference (the fine-tuned model before unlearning) and ``batches`` maps a role
 (``forget``, ``forget_idk``, ``retain``, ``retain_idk``) to a
-:class:`~experiments.batching.Batch`. Notation as in UNLEARNING.md: ``L(x)`` is
+:class:`~experiments.data.batching.Batch`. Notation as in UNLEARNING.md: ``L(x)`` is
 the summed answer NLL of a sequence, ``CE_mean`` the mean token cross-entropy
 over a batch, ``beta = 0.1`` unless noted.
 """

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from experiments import metrics
-from experiments import tokenizer as toklib
-from experiments.batching import Encoder, round_up
-from experiments.data import QA, Corpus
-from experiments.losses import token_nll
+from experiments.data import tokenizer as toklib
+from experiments.data.batching import Encoder, round_up
+from experiments.data.corpus import QA, Corpus
+from experiments.evaluation import metrics
+from experiments.loops.losses import token_nll
 
 EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
 
@@ -45,7 +45,7 @@ class Evaluator:
 
   Args:
     graphdef: the model's ``nnx`` graph definition.
-    encoder: the tokenising :class:`~experiments.batching.Encoder`.
+    encoder: the tokenising :class:`~experiments.data.batching.Encoder`.
     corpus: the corpus to evaluate on.
     limit: questions evaluated per set (first ``limit``; None for all).
     batch_size: rows per compiled call.

@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.report import aggregate  # noqa: E402
+from experiments.evaluation.report import aggregate  # noqa: E402
 
 _COLORS = {
   "adamw": "tab:gray",
