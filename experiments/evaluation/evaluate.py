@@ -20,6 +20,7 @@ from experiments.data.batching import Encoder, round_up
 from experiments.data.corpus import QA, Corpus
 from experiments.evaluation import metrics
 from experiments.loops.losses import token_nll
+from experiments.models.generate import make_generate
 
 EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
 
@@ -94,33 +95,8 @@ class Evaluator:
       nll = jnp.sum(token_nll(logits, ids) * t, axis=1)
       return nll / jnp.maximum(jnp.sum(t, axis=1), jnp.float32(1.0))
 
-    max_new = self.max_new
-
-    def generate(params, ids, mask):
-      model = nnx.merge(graphdef, params)
-      b, p = ids.shape
-      key_mask = jnp.concatenate([mask, jnp.ones((b, max_new), jnp.int32)], axis=1)
-      positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-      logits, caches = model.decode(
-        ids, positions, key_mask, model.init_cache(b, p + max_new), jnp.zeros((), jnp.int32)
-      )
-      tok = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-      pos = positions[:, -1] + 1
-
-      def body(i, carry):
-        tok, pos, caches, out, done = carry
-        out = out.at[:, i].set(jnp.where(done, toklib.PAD, tok))
-        done = done | (tok == toklib.EOS)
-        logits, caches = model.decode(tok[:, None], pos[:, None], key_mask, caches, p + i)
-        nxt = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-        return nxt, pos + 1, caches, out, done
-
-      out = jnp.zeros((b, max_new), jnp.int32)
-      done = jnp.zeros((b,), jnp.bool_)
-      return jax.lax.fori_loop(0, max_new, body, (tok, pos, caches, out, done))[3]
-
     self._score = jax.jit(score)
-    self._generate = jax.jit(generate)
+    self._generate = make_generate(graphdef, self.max_new, eos_id=toklib.EOS, pad_id=toklib.PAD)
 
   def _batched(self, fn, params, arrays):
     n, bs = arrays[0].shape[0], self.batch_size
