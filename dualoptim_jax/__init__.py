@@ -1,5 +1,6 @@
 """DualOptim+ and DualOptim for machine unlearning, as optax transformations."""
 
+from dualoptim_jax import unlearning as unlearning
 from dualoptim_jax._src.alias import dualoptim as dualoptim
 from dualoptim_jax._src.alias import dualoptim_plus as dualoptim_plus
 from dualoptim_jax._src.alias_8bit import adamw_8bit as adamw_8bit
@@ -70,4 +71,5 @@ __all__ = (
   "scheduled_objective",
   "state_partition_specs",
   "state_shardings",
+  "unlearning",
 )
