@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import optax
@@ -9,28 +10,24 @@ import optax
 from dualoptim_jax._src import base
 from dualoptim_jax._src.dualoptim import scale_by_dualoptim
 from dualoptim_jax._src.dualoptim_plus import ScaleByDualOptimPlusState, scale_by_dualoptim_plus
+from dualoptim_jax._src.learning_rate import (
+  objective_learning_rates as objective_lrs,
+)
 from dualoptim_jax._src.learning_rate import scale_by_objective_learning_rate
 from dualoptim_jax._src.ordering import order_state_writes
 
 
 def decay_and_learning_rate(
-  learning_rate: optax.ScalarOrSchedule,
-  forget_learning_rate: optax.ScalarOrSchedule | None,
+  learning_rates: Sequence[optax.ScalarOrSchedule],
   weight_decay: optax.ScalarOrSchedule,
   mask: Any,
-  forget_steps: int,
-  retain_steps: int,
+  lengths: Sequence[Any],
 ) -> tuple[optax.GradientTransformation, optax.GradientTransformationExtraArgs]:
   """The chain's tail shared by every alias: ``-lr_o * (u + wd * p)``."""
   base.check_hyperparameter("weight_decay", weight_decay, low=0.0)
-  lengths = base.run_lengths_from(forget_steps, retain_steps, None)
-  if forget_learning_rate is None:
-    forget_learning_rate = learning_rate
-  lrs = [None, None]
-  lrs[base.FORGET], lrs[base.RETAIN] = forget_learning_rate, learning_rate
   return (
     optax.add_decayed_weights(weight_decay, mask),
-    scale_by_objective_learning_rate(tuple(lrs), run_lengths=lengths),
+    scale_by_objective_learning_rate(tuple(learning_rates), run_lengths=lengths),
   )
 
 
@@ -38,6 +35,7 @@ def dualoptim_plus(
   learning_rate: optax.ScalarOrSchedule,
   *,
   forget_learning_rate: optax.ScalarOrSchedule | None = None,
+  objective_learning_rates: Sequence[optax.ScalarOrSchedule] | None = None,
   b1: float = 0.9,
   b2: float = 0.95,
   base_b1: float = 0.9,
@@ -47,25 +45,34 @@ def dualoptim_plus(
   mask: Any = None,
   forget_steps: int = 1,
   retain_steps: int = 1,
+  run_lengths: Sequence[int] | None = None,
   bounded: bool = False,
   mu_dtype: Any | None = None,
   nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """DualOptim+ with decoupled weight decay, for two-objective unlearning.
+  """DualOptim+ with decoupled weight decay and per-objective learning rates.
 
   The update of a step on objective ``o`` is ``-lr_o * (u + weight_decay * p)``
-  with ``u`` from :func:`scale_by_dualoptim_plus`.
+  with ``u`` from :func:`scale_by_dualoptim_plus`. Two objectives (``FORGET``,
+  ``RETAIN``) by default; ``run_lengths=(n_0, ..., n_{K-1})`` gives K, each
+  with its own delta moments and learning rate.
 
   Args:
-    learning_rate: the retain learning rate (float or optax schedule, evaluated
-      at the global step count).
-    forget_learning_rate: the forget learning rate; defaults to ``learning_rate``.
+    learning_rate: the learning rate (float or optax schedule, evaluated at the
+      global step count): the retain rate, and every objective's by default.
+    forget_learning_rate: the forget (objective 0) learning rate when there are
+      two objectives; defaults to ``learning_rate``.
+    objective_learning_rates: one learning rate (or schedule) per objective;
+      overrides the two above.
     b1, b2: delta-moment decays.
     base_b1, base_b2: base-moment decays.
     eps: denominator epsilon.
     weight_decay: decoupled weight decay.
     mask: optional weight-decay mask (as in ``optax.adamw``).
     forget_steps, retain_steps: the alternation (F x forget_steps, R x retain_steps, ...).
+    run_lengths: one run length per objective (K = its length); overrides
+      ``forget_steps``/``retain_steps``. Objective ``o`` runs ``run_lengths[o]``
+      consecutive steps, in order, repeating.
     bounded: floor the second moment at ``m**2`` so ``|update| <= lr_o`` (opt-in).
     mu_dtype, nu_dtype: storage dtypes of first/second moments.
 
@@ -84,7 +91,20 @@ def dualoptim_plus(
     ...   params = optax.apply_updates(params, updates)
     >>> bool(jnp.all(jnp.abs(params) < 0.2))
     True
+
+    Three objectives, one step each in turn, the third with its own rate:
+
+    >>> tx = do.dualoptim_plus(1e-2, run_lengths=(1, 1, 1),
+    ...                        objective_learning_rates=(1e-2, 1e-2, 1e-3))
+    >>> state = tx.init(params)
+    >>> len(state[0].delta_mu)
+    3
+    >>> updates, state = tx.update(jnp.ones(2), state, params, objective=2)
+    >>> round(float(updates[0]), 4)
+    -0.001
   """
+  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
+  lrs = objective_lrs(len(lengths), learning_rate, forget_learning_rate, objective_learning_rates)
   # order_state_writes: the moments are overwritten in place after the caller's
   # parameter update reads them (no state copies; see ordering.py).
   return order_state_writes(
@@ -95,15 +115,13 @@ def dualoptim_plus(
         base_b1,
         base_b2,
         eps,
-        forget_steps=forget_steps,
-        retain_steps=retain_steps,
+        num_objectives=len(lengths),
+        run_lengths=lengths,
         bounded=bounded,
         mu_dtype=mu_dtype,
         nu_dtype=nu_dtype,
       ),
-      *decay_and_learning_rate(
-        learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-      ),
+      *decay_and_learning_rate(lrs, weight_decay, mask, lengths),
     ),
     (ScaleByDualOptimPlusState,),
   )
@@ -113,6 +131,7 @@ def dualoptim(
   learning_rate: optax.ScalarOrSchedule,
   *,
   forget_learning_rate: optax.ScalarOrSchedule | None = None,
+  objective_learning_rates: Sequence[optax.ScalarOrSchedule] | None = None,
   b1: float = 0.9,
   b2: float = 0.95,
   eps: float = 1e-8,
@@ -120,19 +139,26 @@ def dualoptim(
   mask: Any = None,
   forget_steps: int = 1,
   retain_steps: int = 1,
+  run_lengths: Sequence[int] | None = None,
   mu_dtype: Any | None = None,
   nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """DualOptim (one Adam state per objective) with decoupled weight decay.
 
   Args:
-    learning_rate: the retain learning rate (float or schedule).
-    forget_learning_rate: the forget learning rate; defaults to ``learning_rate``.
+    learning_rate: the learning rate (float or schedule): the retain rate, and
+      every objective's by default.
+    forget_learning_rate: the forget learning rate (two objectives); defaults
+      to ``learning_rate``.
+    objective_learning_rates: one learning rate (or schedule) per objective;
+      overrides the two above.
     b1, b2: Adam decays.
     eps: denominator epsilon.
     weight_decay: decoupled weight decay.
     mask: optional weight-decay mask.
     forget_steps, retain_steps: the alternation schedule.
+    run_lengths: one run length per objective (K = its length); overrides
+      ``forget_steps``/``retain_steps``.
     mu_dtype, nu_dtype: storage dtypes of the moments.
 
   Returns:
@@ -148,6 +174,8 @@ def dualoptim(
     >>> round(float(updates["w"][0]), 4)
     -0.02
   """
+  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
+  lrs = objective_lrs(len(lengths), learning_rate, forget_learning_rate, objective_learning_rates)
   # No write ordering needed: only the active moments are rewritten, from their
   # own old values, and the update reads the new ones (see ordering.py).
   return optax.chain(
@@ -155,12 +183,10 @@ def dualoptim(
       b1,
       b2,
       eps,
-      forget_steps=forget_steps,
-      retain_steps=retain_steps,
+      num_objectives=len(lengths),
+      run_lengths=lengths,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
     ),
-    *decay_and_learning_rate(
-      learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-    ),
+    *decay_and_learning_rate(lrs, weight_decay, mask, lengths),
   )

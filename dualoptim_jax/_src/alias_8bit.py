@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import optax
@@ -10,12 +11,14 @@ from dualoptim_jax._src import base
 from dualoptim_jax._src.alias import decay_and_learning_rate
 from dualoptim_jax._src.dualoptim_8bit import scale_by_dualoptim_8bit
 from dualoptim_jax._src.dualoptim_plus_8bit import KeepFp32, scale_by_dualoptim_plus_8bit
+from dualoptim_jax._src.learning_rate import objective_learning_rates as objective_lrs
 
 
 def dualoptim_plus_8bit(
   learning_rate: optax.ScalarOrSchedule,
   *,
   forget_learning_rate: optax.ScalarOrSchedule | None = None,
+  objective_learning_rates: Sequence[optax.ScalarOrSchedule] | None = None,
   b1: float = 0.9,
   b2: float = 0.95,
   base_b1: float = 0.9,
@@ -25,6 +28,7 @@ def dualoptim_plus_8bit(
   mask: Any = None,
   forget_steps: int = 1,
   retain_steps: int = 1,
+  run_lengths: Sequence[int] | None = None,
   bounded: bool = False,
   block_size: int = 256,
   min_8bit_size: int = 4096,
@@ -42,13 +46,18 @@ def dualoptim_plus_8bit(
 
   Args:
     learning_rate: the retain learning rate (float or optax schedule).
-    forget_learning_rate: the forget learning rate; defaults to ``learning_rate``.
+    forget_learning_rate: the forget learning rate (two objectives); defaults
+      to ``learning_rate``.
+    objective_learning_rates: one learning rate (or schedule) per objective;
+      overrides the two above.
     b1, b2: delta-moment decays.
     base_b1, base_b2: base-moment decays.
     eps: denominator epsilon.
     weight_decay: decoupled weight decay.
     mask: optional weight-decay mask (as in ``optax.adamw``).
     forget_steps, retain_steps: the alternation (F x forget_steps, R x retain_steps, ...).
+    run_lengths: one run length per objective (K = its length); overrides
+      ``forget_steps``/``retain_steps``.
     bounded: floor the second moment at ``m**2`` so ``|update| <= lr_o`` (opt-in).
     block_size: quantization block along the last axis (static).
     min_8bit_size: leaves with fewer elements keep float32 moments (static).
@@ -73,16 +82,16 @@ def dualoptim_plus_8bit(
     >>> bool(jnp.all(jnp.abs(params) < 0.3)), state[0].base_mu_codes.dtype
     (True, dtype('int8'))
   """
+  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
+  lrs = objective_lrs(len(lengths), learning_rate, forget_learning_rate, objective_learning_rates)
   return optax.chain(
     scale_by_dualoptim_plus_8bit(
       b1, b2, base_b1, base_b2, eps,
-      forget_steps=forget_steps, retain_steps=retain_steps, bounded=bounded,
+      num_objectives=len(lengths), run_lengths=lengths, bounded=bounded,
       block_size=block_size, min_8bit_size=min_8bit_size, quantize_base=quantize_base,
       quantize_delta=quantize_delta, keep_fp32=keep_fp32,
     ),
-    *decay_and_learning_rate(
-      learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-    ),
+    *decay_and_learning_rate(lrs, weight_decay, mask, lengths),
   )  # fmt: skip
 
 
@@ -90,6 +99,7 @@ def dualoptim_8bit(
   learning_rate: optax.ScalarOrSchedule,
   *,
   forget_learning_rate: optax.ScalarOrSchedule | None = None,
+  objective_learning_rates: Sequence[optax.ScalarOrSchedule] | None = None,
   b1: float = 0.9,
   b2: float = 0.95,
   eps: float = 1e-8,
@@ -97,6 +107,7 @@ def dualoptim_8bit(
   mask: Any = None,
   forget_steps: int = 1,
   retain_steps: int = 1,
+  run_lengths: Sequence[int] | None = None,
   block_size: int = 256,
   min_8bit_size: int = 4096,
   keep_fp32: KeepFp32 = None,
@@ -105,12 +116,17 @@ def dualoptim_8bit(
 
   Args:
     learning_rate: the retain learning rate (float or schedule).
-    forget_learning_rate: the forget learning rate; defaults to ``learning_rate``.
+    forget_learning_rate: the forget learning rate (two objectives); defaults
+      to ``learning_rate``.
+    objective_learning_rates: one learning rate (or schedule) per objective;
+      overrides the two above.
     b1, b2: Adam decays.
     eps: denominator epsilon.
     weight_decay: decoupled weight decay.
     mask: optional weight-decay mask.
     forget_steps, retain_steps: the alternation schedule.
+    run_lengths: one run length per objective (K = its length); overrides
+      ``forget_steps``/``retain_steps``.
     block_size: quantization block along the last axis (static).
     min_8bit_size: leaves with fewer elements keep float32 moments (static).
     keep_fp32: leaves to keep in float32 (predicate or path substrings).
@@ -128,14 +144,14 @@ def dualoptim_8bit(
     >>> round(float(updates["w"][0, 0]), 4)
     -0.02
   """
+  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
+  lrs = objective_lrs(len(lengths), learning_rate, forget_learning_rate, objective_learning_rates)
   return optax.chain(
     scale_by_dualoptim_8bit(
-      b1, b2, eps, forget_steps=forget_steps, retain_steps=retain_steps,
+      b1, b2, eps, num_objectives=len(lengths), run_lengths=lengths,
       block_size=block_size, min_8bit_size=min_8bit_size, keep_fp32=keep_fp32,
     ),
-    *decay_and_learning_rate(
-      learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-    ),
+    *decay_and_learning_rate(lrs, weight_decay, mask, lengths),
   )  # fmt: skip
 
 

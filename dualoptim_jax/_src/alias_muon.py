@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import jax
@@ -12,8 +12,9 @@ import optax
 # Muon's shape scaling and default coefficients live in optax's private module.
 from optax.contrib import _muon as optax_muon
 
-from dualoptim_jax._src import muon
+from dualoptim_jax._src import base, muon
 from dualoptim_jax._src.alias import decay_and_learning_rate, dualoptim_plus
+from dualoptim_jax._src.learning_rate import objective_learning_rates as objective_lrs
 from dualoptim_jax._src.muon import DimNumsOrFn, NsCoeffs
 
 _MUON, _ADAM = "muon", "adam"
@@ -40,6 +41,7 @@ def dualoptim_plus_muon(
   learning_rate: optax.ScalarOrSchedule,
   *,
   forget_learning_rate: optax.ScalarOrSchedule | None = None,
+  objective_learning_rates: Sequence[optax.ScalarOrSchedule] | None = None,
   beta: float = 0.95,
   base_beta: float = 0.95,
   ns_coeffs: NsCoeffs = optax_muon._DEFAULT_NS_COEFFS,
@@ -49,6 +51,7 @@ def dualoptim_plus_muon(
   mask: Any = None,
   forget_steps: int = 1,
   retain_steps: int = 1,
+  run_lengths: Sequence[int] | None = None,
   mu_dtype: Any | None = None,
   nesterov: bool = True,
   adaptive: bool = False,
@@ -57,6 +60,7 @@ def dualoptim_plus_muon(
   muon_weight_dimension_numbers: DimNumsOrFn = None,
   adam_learning_rate: optax.ScalarOrSchedule | None = None,
   adam_forget_learning_rate: optax.ScalarOrSchedule | None = None,
+  adam_objective_learning_rates: Sequence[optax.ScalarOrSchedule] | None = None,
   adam_b1: float = 0.9,
   adam_b2: float = 0.95,
   adam_base_b1: float = 0.9,
@@ -85,7 +89,10 @@ def dualoptim_plus_muon(
 
   Args:
     learning_rate: the retain learning rate (float or schedule).
-    forget_learning_rate: the forget learning rate; defaults to ``learning_rate``.
+    forget_learning_rate: the forget learning rate (two objectives); defaults
+      to ``learning_rate``.
+    objective_learning_rates: one learning rate (or schedule) per objective;
+      overrides the two above.
     beta: delta-momentum decay of the matrix leaves.
     base_beta: base-momentum decay of the matrix leaves (1 disables the base).
     ns_coeffs: Newton-Schulz coefficients or an optax preset name.
@@ -97,6 +104,8 @@ def dualoptim_plus_muon(
     mask: weight-decay mask (tree or callable, as in ``optax.adamw``), used by
       both partitions.
     forget_steps, retain_steps: the alternation schedule.
+    run_lengths: one run length per objective (K = its length); overrides
+      ``forget_steps``/``retain_steps``.
     mu_dtype: storage dtype of the first moments.
     nesterov: Nesterov look-ahead of the matrix momenta.
     adaptive: dual-norm scaling of the orthogonalised update.
@@ -108,6 +117,9 @@ def dualoptim_plus_muon(
       (default ``learning_rate``).
     adam_forget_learning_rate: their forget learning rate (default
       ``forget_learning_rate``, or ``adam_learning_rate`` when that is given).
+    adam_objective_learning_rates: their per-objective learning rates
+      (default: ``objective_learning_rates`` unless ``adam_learning_rate`` or
+      ``adam_forget_learning_rate`` is given).
     adam_b1, adam_b2, adam_base_b1, adam_base_b2: their DualOptim+ delta and
       base decays.
     adam_weight_decay: their weight decay (default ``weight_decay``).
@@ -144,12 +156,20 @@ def dualoptim_plus_muon(
   """
   adam_b1 = adam_b1 if b1 is None else b1
   adam_b2 = adam_b2 if b2 is None else b2
-  if adam_forget_learning_rate is None:
-    adam_forget_learning_rate = (
-      forget_learning_rate if adam_learning_rate is None else adam_learning_rate
+  lengths = base.run_lengths_from(forget_steps, retain_steps, run_lengths)
+  k = len(lengths)
+  lrs = objective_lrs(k, learning_rate, forget_learning_rate, objective_learning_rates)
+  if adam_objective_learning_rates is not None:
+    adam_lrs = objective_lrs(k, None, None, adam_objective_learning_rates)
+  elif adam_learning_rate is None and adam_forget_learning_rate is None:
+    adam_lrs = lrs
+  else:
+    adam_lrs = objective_lrs(
+      k,
+      learning_rate if adam_learning_rate is None else adam_learning_rate,
+      adam_forget_learning_rate,
+      None,
     )
-  if adam_learning_rate is None:
-    adam_learning_rate = learning_rate
   if adam_weight_decay is None:
     adam_weight_decay = weight_decay
   labels = _labels_fn(muon_weight_dimension_numbers)
@@ -172,17 +192,15 @@ def dualoptim_plus_muon(
           adaptive=adaptive,
           preconditioning=preconditioning,
           weight_dimension_numbers=dims_fn,
-          forget_steps=forget_steps,
-          retain_steps=retain_steps,
+          num_objectives=k,
+          run_lengths=lengths,
         ),
         optax_muon.scale_by_shape(dims_fn, consistent_rms),
-        *decay_and_learning_rate(
-          learning_rate, forget_learning_rate, weight_decay, mask, forget_steps, retain_steps
-        ),
+        *decay_and_learning_rate(lrs, weight_decay, mask, lengths),
       ),
       _ADAM: dualoptim_plus(
-        adam_learning_rate,
-        forget_learning_rate=adam_forget_learning_rate,
+        adam_lrs[-1],
+        objective_learning_rates=adam_lrs,
         b1=adam_b1,
         b2=adam_b2,
         base_b1=adam_base_b1,
@@ -190,8 +208,7 @@ def dualoptim_plus_muon(
         eps=eps,
         weight_decay=adam_weight_decay,
         mask=mask,
-        forget_steps=forget_steps,
-        retain_steps=retain_steps,
+        run_lengths=lengths,
         bounded=adam_bounded,
         mu_dtype=mu_dtype,
       ),

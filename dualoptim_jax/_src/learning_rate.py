@@ -12,6 +12,49 @@ import optax
 from dualoptim_jax._src import base
 
 
+def objective_learning_rates(
+  num_objectives: int,
+  learning_rate: optax.ScalarOrSchedule,
+  forget_learning_rate: optax.ScalarOrSchedule | None,
+  per_objective: Sequence[optax.ScalarOrSchedule] | None,
+) -> tuple[optax.ScalarOrSchedule, ...]:
+  """One learning rate per objective, from an alias's arguments.
+
+  ``per_objective`` (one entry per objective) wins; otherwise every objective
+  uses ``learning_rate``, except ``FORGET`` uses ``forget_learning_rate`` when
+  given (two objectives only: it names the unlearning pair).
+
+  Raises:
+    ValueError: both forms given, a count mismatch, or ``forget_learning_rate``
+      with a number of objectives other than two.
+
+  Example:
+    >>> objective_learning_rates(2, 1e-3, 2e-3, None)
+    (0.002, 0.001)
+    >>> objective_learning_rates(3, 1e-3, None, None)
+    (0.001, 0.001, 0.001)
+  """
+  if per_objective is not None:
+    if forget_learning_rate is not None:
+      raise ValueError("Give forget_learning_rate or objective_learning_rates, not both.")
+    lrs = tuple(per_objective)
+    if len(lrs) != num_objectives:
+      raise ValueError(
+        f"objective_learning_rates has {len(lrs)} entries for {num_objectives} objectives "
+        "(one per run length)."
+      )
+    return lrs
+  lrs = [learning_rate] * num_objectives
+  if forget_learning_rate is not None:
+    if num_objectives != 2:
+      raise ValueError(
+        f"forget_learning_rate names objective 0 of two-objective unlearning; with "
+        f"{num_objectives} objectives pass objective_learning_rates (one per objective)."
+      )
+    lrs[base.FORGET] = forget_learning_rate
+  return tuple(lrs)
+
+
 class ScaleByObjectiveLearningRateState(NamedTuple):
   """State of :func:`scale_by_objective_learning_rate`."""
 
