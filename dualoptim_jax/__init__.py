@@ -1,5 +1,6 @@
 """DualOptim+ and DualOptim for machine unlearning, as optax transformations."""
 
+from dualoptim_jax import quantization as quantization
 from dualoptim_jax import unlearning as unlearning
 from dualoptim_jax._src.alias import dualoptim as dualoptim
 from dualoptim_jax._src.alias import dualoptim_plus as dualoptim_plus
@@ -60,6 +61,7 @@ __all__ = (
   "dualoptim_plus_8bit",
   "dualoptim_plus_muon",
   "find_dualoptim_plus_state",
+  "quantization",
   "restore_checkpoint",
   "save_checkpoint",
   "scale_by_dualoptim",

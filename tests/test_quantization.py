@@ -215,3 +215,13 @@ def test_bad_arguments():
     quantization.dequantize_blockwise(
       quantization.QuantizedArray(q.codes.astype(jnp.int32), q.scales), block_size=64
     )
+
+
+def test_reachable_as_an_attribute_of_the_package():
+  """``import dualoptim_jax as do; do.quantization...`` (the README's API table names it so)."""
+  import dualoptim_jax as do
+
+  assert do.quantization is quantization
+  assert "quantization" in do.__all__
+  q = do.quantization.quantize_blockwise(jnp.ones((2, 4)), signed=True)
+  np.testing.assert_array_equal(do.quantization.dequantize_blockwise(q), 1.0)
