@@ -1,0 +1,49 @@
+"""HF-format checkpoints (llama, qwen2, qwen3, phi, gemma) in Flax NNX: the public names.
+
+Example:
+  >>> from experiments import hf
+  >>> model = hf.load_model("../shared/data/hf_tiny/llama")  # doctest: +SKIP
+  >>> tok = hf.load_tokenizer("../shared/data/hf_tiny/llama")  # doctest: +SKIP
+  >>> enc = tok.encode("Who wrote it?")  # doctest: +SKIP
+  >>> ids = jnp.asarray([enc.ids]); mask = jnp.ones_like(ids)  # doctest: +SKIP
+  >>> hf.greedy_generate(model, ids, mask, 8).shape  # doctest: +SKIP
+  (1, 8)
+"""
+
+from experiments.models.hf.config import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
+from experiments.models.hf.config import Arch as Arch
+from experiments.models.hf.config import CheckpointError as CheckpointError
+from experiments.models.hf.generate import greedy_generate as greedy_generate
+from experiments.models.hf.loading import load_model as load_model
+from experiments.models.hf.loading import load_tokenizer as load_tokenizer
+from experiments.models.hf.loading import save_model as save_model
+from experiments.models.hf.lora import ALL_TARGETS as ALL_TARGETS
+from experiments.models.hf.lora import ATTENTION_TARGETS as ATTENTION_TARGETS
+from experiments.models.hf.lora import BASE as BASE
+from experiments.models.hf.lora import add_lora as add_lora
+from experiments.models.hf.lora import has_lora as has_lora
+from experiments.models.hf.lora import merge_lora as merge_lora
+from experiments.models.hf.model import CausalLM as CausalLM
+from experiments.models.hf.sharding import RULES as RULES
+from experiments.models.hf.sharding import logical_spec as logical_spec
+from experiments.models.hf.sharding import make_mesh as make_mesh
+
+__all__ = (
+  "ALL_TARGETS",
+  "ATTENTION_TARGETS",
+  "Arch",
+  "BASE",
+  "CausalLM",
+  "CheckpointError",
+  "RULES",
+  "SUPPORTED_MODEL_TYPES",
+  "add_lora",
+  "greedy_generate",
+  "has_lora",
+  "load_model",
+  "load_tokenizer",
+  "logical_spec",
+  "make_mesh",
+  "merge_lora",
+  "save_model",
+)

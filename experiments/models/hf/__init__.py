@@ -1,0 +1,11 @@
+"""Hugging Face-format checkpoints (llama, qwen2, qwen3, phi, gemma) as Flax NNX models.
+
+- ``config``: ``config.json`` in both key layouts -> one resolved :class:`~.config.Arch`.
+- ``layers``, ``model``: the shared decoder; families differ by a few named choices.
+- ``keys``: the checkpoint-key table (HF key <-> module path, transpose and reshape).
+- ``safetensors_io``: reading (single or sharded, streamed) and writing safetensors files.
+- ``sharding``: logical axis rules -> mesh placement.
+- ``loading``: ``load_model`` / ``save_model``; ``lora``: adapters; ``generate``: greedy decoding.
+
+The public names live in :mod:`experiments.hf`.
+"""

@@ -1,0 +1,151 @@
+"""``load_model`` / ``save_model``: HF-format folders <-> :class:`~.model.CausalLM`.
+
+Loading builds the model abstractly (``nnx.eval_shape``: no parameter memory), checks the
+checkpoint's keys against the key table strictly, then streams each tensor: read from its
+file, checked, transposed/reshaped, cast, and ``device_put`` straight into its sharding. The
+host holds one tensor at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tokenizers import Tokenizer
+
+from experiments.models.hf import sharding
+from experiments.models.hf.config import CheckpointError, config_dict, read_config
+from experiments.models.hf.keys import IGNORED_KEYS, key_table
+from experiments.models.hf.model import CausalLM
+from experiments.models.hf.safetensors_io import SafetensorsFolder, write_folder
+
+
+def _listing(keys: list[str], limit: int = 5) -> str:
+  more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+  return ", ".join(keys[:limit]) + more
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+  for p in path[:-1]:
+    tree = tree[p]
+  tree[path[-1]] = value
+
+
+def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> CausalLM:
+  """Loads an HF-format checkpoint folder of a supported ``model_type`` as a ``CausalLM``.
+
+  Args:
+    path: folder with ``config.json`` and ``model.safetensors`` (or shards and
+      ``model.safetensors.index.json``), weights in float32, float16 or bfloat16.
+    dtype: parameter and compute dtype (norms and softmax always run in float32).
+    mesh: optional ``jax.sharding.Mesh`` with axes ``data`` and/or ``model`` (Auto axis
+      types, see :func:`~.sharding.make_mesh`); parameters are placed by
+      :data:`~.sharding.RULES`. None: everything on the default device.
+
+  Returns:
+    The model; ``model(ids, mask)`` gives float32 logits (B, T, V).
+
+  Raises:
+    FileNotFoundError: no such folder, or no ``config.json`` in it.
+    CheckpointError: unsupported ``model_type``; missing, unexpected or wrong-shaped tensors;
+      an unreadable or truncated safetensors file. The message names the key or file.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> model = load_model("../shared/data/hf_tiny/llama")  # doctest: +SKIP
+    >>> model(jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32)).shape  # doctest: +SKIP
+    (1, 4, 512)
+  """
+  path = pathlib.Path(path)
+  arch, raw = read_config(path)
+  sharding.check_mesh(mesh)
+  abstract = nnx.eval_shape(lambda: CausalLM(arch, dtype=dtype, rngs=nnx.Rngs(0)))
+  entries = key_table(abstract)
+  graphdef, state = nnx.split(abstract)
+  variables = dict(nnx.to_flat_state(state))
+  values = nnx.to_pure_dict(state)
+  with SafetensorsFolder(path) as files:
+    needed = {e.key for e in entries}
+    missing = sorted(needed - set(files.keys))
+    if missing:
+      raise CheckpointError(f"{path} lacks tensor(s) the model needs: {_listing(missing)}")
+    tied_copy = "lm_head.weight" if arch.tie_embeddings else None
+    unexpected = sorted(
+      k for k in files.keys if k not in needed and k != tied_copy and not IGNORED_KEYS.match(k)
+    )
+    if unexpected:
+      raise CheckpointError(
+        f"{path} has tensor(s) a {arch.model_type} model with this config.json does not use: "
+        f"{_listing(unexpected)}"
+      )
+    for e in entries:
+      tensor = files.read(e.key)
+      if tuple(tensor.shape) != e.hf_shape:
+        raise CheckpointError(
+          f"tensor {e.key!r} in {files.keys[e.key]} has shape {tuple(tensor.shape)}, but "
+          f"config.json implies {e.hf_shape}"
+        )
+      value = e.to_param(tensor).astype(jnp.dtype(dtype))
+      del tensor
+      target = sharding.variable_sharding(variables[e.path], mesh)
+      _set(values, e.path, jax.device_put(value, target))
+  nnx.replace_by_pure_dict(state, values)
+  model = nnx.merge(graphdef, state)
+  model.hf_config = json.dumps(raw)  # kept for save_model: unknown keys survive the round trip
+  return model
+
+
+def save_model(model: CausalLM, path: str | pathlib.Path, *, max_shard_bytes: int = 5 * 2**30):
+  """Writes ``model`` as an HF-format folder: ``config.json`` plus safetensors.
+
+  Keys and layouts are HF's (``nn.Linear`` weights ``(out, in)``, no ``lm_head.weight`` when
+  tied), so :func:`load_model` and transformers' ``from_pretrained`` read it; weights keep the
+  model's dtype. LoRA adapters are merged into a copy first (:func:`~.lora.merge_lora`). A model
+  over ``max_shard_bytes`` is split into shards with ``model.safetensors.index.json``; one
+  shard's tensors are on the host at a time.
+
+  Example:
+    >>> save_model(load_model("../shared/data/hf_tiny/phi"), "/tmp/phi_copy")  # doctest: +SKIP
+  """
+  from experiments.models.hf.lora import has_lora, merge_lora
+
+  if has_lora(model):
+    model = merge_lora(model)
+  path = pathlib.Path(path)
+  dtype_name = jnp.dtype(model.dtype).name
+  if hasattr(model, "hf_config"):
+    raw = json.loads(model.hf_config)
+    raw["dtype"] = dtype_name
+    if "torch_dtype" in raw:
+      raw["torch_dtype"] = dtype_name
+  else:
+    raw = config_dict(model.arch, dtype_name)
+  path.mkdir(parents=True, exist_ok=True)
+  (path / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+  state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  entries = key_table(model)
+  sizes = [(e.key, state[e.path].get_value().nbytes) for e in entries]
+  tensors = ((e.key, e.to_hf(np.asarray(jax.device_get(state[e.path].get_value())))) for e in entries)
+  write_folder(path, tensors, sizes=sizes, max_shard_bytes=max_shard_bytes)
+
+
+def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
+  """The checkpoint's ``tokenizer.json`` as a ``tokenizers.Tokenizer`` (post-processor included).
+
+  ``tok.encode(text).ids`` adds what the checkpoint's post-processor adds (e.g. BOS);
+  ``add_special_tokens=False`` leaves it out.
+
+  Example:
+    >>> tok = load_tokenizer("../shared/data/hf_tiny/llama")  # doctest: +SKIP
+    >>> tok.encode("Hi").ids[0]  # doctest: +SKIP
+    1
+  """
+  path = pathlib.Path(path)
+  file = path / "tokenizer.json"
+  if not file.is_file():
+    raise FileNotFoundError(f"{str(path)!r} has no tokenizer.json")
+  return Tokenizer.from_file(str(file))
