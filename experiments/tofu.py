@@ -13,6 +13,7 @@ import argparse
 import pathlib
 import sys
 
+from experiments import cli
 from experiments.data.corpus import DataError, check_split
 from experiments.loops import losses, optimizers
 from experiments.loops.finetune import FineTuneConfig
@@ -20,19 +21,19 @@ from experiments.loops.finetune import FineTuneConfig
 DEFAULT_LOSSES = ("NPO+GD", "IDK+GD")
 
 
-def _list(text: str, kind=str) -> list:
-  return [kind(x) for x in text.replace(" ", ",").split(",") if x]
+POSITIVE = cli.number(int, lo=1)
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m experiments.tofu", description=__doc__.split("\n")[0])
+  """The job's flags; every numeric flag is range-checked (one-line errors)."""
+  p = cli.Parser(prog="python -m experiments.tofu", description=__doc__.split("\n")[0])
   p.add_argument(
     "--data",
     default="synthetic",
     help="'synthetic' (generated, offline), a folder with TOFU json files, or 'hf'",
   )
   p.add_argument("--split", default="forget05", help="forget01 | forget05 | forget10")
-  p.add_argument("--task-id", type=int, default=1, help="forget task (TOFU task_id)")
+  p.add_argument("--task-id", type=POSITIVE, default=1, help="forget task (TOFU task_id, >= 1)")
   p.add_argument(
     "--loss",
     action="append",
@@ -46,32 +47,68 @@ def parser() -> argparse.ArgumentParser:
     default=",".join(optimizers.DEFAULT_OPTIMIZERS),
     help="comma list: adamw and dualoptim_jax optimizer names",
   )
-  p.add_argument("--seeds", default="0", help="comma list of unlearning seeds")
-  p.add_argument("--lrs", default="1e-3", help="comma list of peak unlearning learning rates")
+  p.add_argument(
+    "--seeds",
+    type=cli.number_list(int, lo=0, hi=2**31 - 1),
+    default=[0],
+    help="comma list of unlearning seeds (integers >= 0)",
+  )
+  p.add_argument(
+    "--lrs",
+    type=cli.number_list(float, lo=0, lo_open=True),
+    default=[1e-3],
+    help="comma list of peak unlearning learning rates (> 0)",
+  )
   p.add_argument(
     "--steps",
-    type=int,
+    type=POSITIVE,
     default=None,
-    help="unlearning steps (default: --epochs epochs of forget batches)",
+    help="unlearning steps, >= 1 (default: --epochs epochs of forget batches)",
   )
-  p.add_argument("--epochs", type=int, default=5, help="unlearning epochs when --steps is unset")
-  p.add_argument("--batch-size", type=int, default=4, help="unlearning batch size")
+  p.add_argument(
+    "--epochs", type=POSITIVE, default=5, help="unlearning epochs when --steps is unset (>= 1)"
+  )
+  p.add_argument("--batch-size", type=POSITIVE, default=4, help="unlearning batch size (>= 1)")
   p.add_argument("--model-size", default="small", help="tiny | small (~1M, CPU) | base | large")
-  p.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (1024 / TOFU 2048)")
-  p.add_argument("--max-len", type=int, default=None, help="sequence length (64 / TOFU 128)")
-  p.add_argument("--eval-size", type=int, default=40, help="questions evaluated per set")
-  p.add_argument("--ft-epochs", type=int, default=None, help="fine-tuning epochs (16 / TOFU 30)")
-  p.add_argument("--ft-lr", type=float, default=3e-3, help="fine-tuning peak learning rate")
-  p.add_argument("--ft-batch-size", type=int, default=32, help="fine-tuning batch size")
+  p.add_argument(
+    "--vocab-size",
+    type=cli.number(int, lo=260, hi=1_000_000),
+    default=None,
+    help="BPE vocabulary, >= 260 (256 bytes + specials; default 1024 / TOFU 2048)",
+  )
+  p.add_argument(
+    "--max-len",
+    type=cli.number(int, lo=16, hi=65_536),
+    default=None,
+    help="sequence length, >= 16 (default 64 / TOFU 128)",
+  )
+  p.add_argument("--eval-size", type=POSITIVE, default=40, help="questions evaluated per set")
+  p.add_argument(
+    "--ft-epochs", type=POSITIVE, default=None, help="fine-tuning epochs, >= 1 (16 / TOFU 30)"
+  )
+  p.add_argument(
+    "--ft-lr",
+    type=cli.number(float, lo=0, lo_open=True),
+    default=3e-3,
+    help="fine-tuning peak learning rate (> 0)",
+  )
+  p.add_argument("--ft-batch-size", type=POSITIVE, default=32, help="fine-tuning batch size")
   p.add_argument(
     "--retain-limit",
-    type=int,
+    type=cli.number(int, lo=0),
     default=100,
     help="real TOFU: retain rows used (first rows of retain_perturbed; 0 = all)",
   )
-  p.add_argument("--n-authors", type=int, default=20, help="generated data: number of authors")
-  p.add_argument("--forget-steps", type=int, default=1)
-  p.add_argument("--retain-steps", type=int, default=5)
+  p.add_argument(
+    "--n-authors",
+    type=cli.number(int, lo=2, hi=10_000),
+    default=20,
+    help="generated data: number of authors (>= 2)",
+  )
+  p.add_argument("--forget-steps", type=POSITIVE, default=1, help="forget steps per cycle (>= 1)")
+  p.add_argument(
+    "--retain-steps", type=cli.number(int, lo=0), default=5, help="retain steps per cycle (>= 0)"
+  )
   p.add_argument("--out", default="results", help="output folder")
   return p
 
@@ -98,10 +135,10 @@ def settings_from(args, real: bool):
   from experiments.models.decoder import MODEL_SIZES
   from experiments.pipeline import Settings
 
-  names = [n for item in (args.loss or list(DEFAULT_LOSSES)) for n in _list(item)]
+  names = [n for item in (args.loss or list(DEFAULT_LOSSES)) for n in cli.name_list(item)]
   for n in names:
     losses.parse_loss(n)
-  opts = _list(args.optimizers)
+  opts = cli.name_list(args.optimizers)
   explicit = args.optimizers != ",".join(optimizers.DEFAULT_OPTIMIZERS)
   for o in list(opts):
     if not optimizers.available(o):
@@ -117,12 +154,7 @@ def settings_from(args, real: bool):
   if args.model_size not in MODEL_SIZES:
     choices = ", ".join(MODEL_SIZES)
     raise ValueError(f"unknown --model-size {args.model_size!r}; choose from {choices}")
-  try:
-    seeds, lrs = _list(args.seeds, int), _list(args.lrs, float)
-  except ValueError:
-    raise ValueError("--seeds must be integers and --lrs numbers, comma separated") from None
-  if not seeds or not lrs or any(lr <= 0 for lr in lrs):
-    raise ValueError("--seeds and --lrs need at least one value; learning rates must be > 0")
+  seeds, lrs = list(dict.fromkeys(args.seeds)), list(dict.fromkeys(args.lrs))
   ft_epochs = args.ft_epochs or (30 if real else 16)
   return Settings(
     out=pathlib.Path(args.out),
@@ -144,7 +176,10 @@ def settings_from(args, real: bool):
 
 def main(argv: list[str] | None = None) -> int:
   """Parses arguments, runs the pipeline; one-line errors for bad input."""
-  args = parser().parse_args(argv)
+  try:
+    args = parser().parse_args(argv)
+  except SystemExit as e:  # a bad flag (one line printed) or --help
+    return int(e.code or 0)
   try:
     corpus, real = _load(args)
     s = settings_from(args, real)
