@@ -155,3 +155,22 @@ def test_damaged_and_partial_checkpoints(tmp_path):
   assert do.checkpoint_steps(tmp_path) == [1, 2, 3]
   with pytest.raises(FileNotFoundError):
     do.restore_checkpoint(os.path.join(tmp_path, "nothing-here"), params, state)
+
+
+def test_damage_that_still_decodes_is_caught_by_checksums(tmp_path):
+  """A step whose params files were replaced by other valid ones fails its checksums."""
+  import shutil
+
+  tx = OPTIMIZERS["dualoptim_plus_8bit"]()
+  params = init_params()
+  state = tx.init(params)
+  do.save_checkpoint(tmp_path, 1, params, state)
+  other = jax.tree.map(lambda x: x + jnp.asarray(1, x.dtype), params)
+  do.save_checkpoint(tmp_path, 2, other, state)
+  shutil.rmtree(tmp_path / "1" / "params")
+  shutil.copytree(tmp_path / "2" / "params", tmp_path / "1" / "params")
+  with pytest.raises(do.CheckpointError, match=r"step 1 .*checksum mismatch in \[0\]\['b'\]"):
+    do.restore_checkpoint(tmp_path, params, state, step=1)
+  p, s, step = do.restore_checkpoint(tmp_path, params, state)  # step 2 is intact
+  assert step == 2
+  assert_trees_equal((p, s), (other, state))
