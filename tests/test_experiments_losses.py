@@ -1,4 +1,4 @@
-"""Each unlearning loss on a tiny model: finite, and a small step moves it the right way."""
+"""Each unlearning loss on a tiny model: finite, a step moves it the right way; names, options."""
 
 import jax
 import jax.numpy as jnp
@@ -104,6 +104,33 @@ def test_ap_separates_answer_from_refusal(setup):
   assert margin(new) > margin(params)
 
 
+def test_dipo_is_log2_at_reference_and_lowers_the_reference_top_token(setup):
+  apply, params, ref, b = setup
+  assert float(losses.dipo(apply, ref, ref, b)) == pytest.approx(np.log(2.0), abs=1e-6)
+  batch = b["forget"]
+  ref_logits = apply(ref, batch.ids, batch.mask)[:, :-1]
+  top = jnp.argmax(ref_logits, axis=-1)[..., None]
+  on = batch.targets[:, 1:] > 0
+
+  def top_prob(p):
+    logp = jax.nn.log_softmax(apply(p, batch.ids, batch.mask)[:, :-1], axis=-1)
+    return float(jnp.mean(jnp.take_along_axis(logp, top, axis=-1)[..., 0][on]))
+
+  new = _step(losses.FORGET_LOSSES["DiPO:beta=1"], apply, ref, ref, b, lr=1e-1)
+  assert top_prob(new) < top_prob(ref)
+
+
+def test_kl_is_mean_over_answer_positions(setup):
+  apply, params, ref, b = setup
+  batch = b["retain"]
+  p = np.asarray(jax.nn.log_softmax(apply(params, batch.ids, batch.mask)[:, :-1], axis=-1))
+  q = np.asarray(jax.nn.log_softmax(apply(ref, batch.ids, batch.mask)[:, :-1], axis=-1))
+  per_position = (np.exp(q) * (q - p)).sum(-1)
+  t = batch.targets[:, 1:]
+  want = (per_position * t).sum() / t.sum()  # question and padding positions do not count
+  assert float(losses.kl(apply, params, ref, b)) == pytest.approx(want, rel=1e-4)
+
+
 def test_me_at_uniform_is_zero():
   logits = jnp.zeros((1, 4, 7), jnp.float32)
   apply = lambda p, ids, mask: logits
@@ -137,13 +164,46 @@ def test_ce_mean_matches_hand_computation():
 
 @pytest.mark.parametrize(
   "text,expected",
-  [("NPO+GD", ("NPO", "GD")), ("simnpo+kl", ("SimNPO", "KL")), (" IDK + AP ", ("IDK", "AP"))],
+  [
+    ("NPO+GD", ("NPO", "GD")),
+    ("simnpo+kl", ("SimNPO", "KL")),
+    (" IDK + AP ", ("IDK", "AP")),
+    ("DiPO+GD", ("DiPO", "GD")),
+    ("dipo:gamma=10:top_k=3+kl", ("DiPO:gamma=10:top_k=3", "KL")),
+    ("NPO:beta=0.05+AP:beta=0.2", ("NPO:beta=0.05", "AP:beta=0.2")),
+  ],
 )
 def test_parse_loss(text, expected):
   assert losses.parse_loss(text) == expected
 
 
-@pytest.mark.parametrize("text", ["NPO", "FOO+GD", "NPO+BAR", "GA+GD+KL"])
-def test_parse_loss_rejects(text):
-  with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+  "text,needle",
+  [
+    ("NPO", "FORGET+RETAIN"),
+    ("FOO+GD", "unknown forget loss 'FOO'"),
+    ("NPO+BAR", "unknown retain loss 'BAR'"),
+    ("GA+GD+KL", "FORGET+RETAIN"),
+    ("DiPO:gamma=-1+GD", "gamma='-1' in loss 'DiPO:gamma=-1' must be >= 0"),
+    ("DiPO:top_k=1.5+GD", "must be an integer >= 1"),
+    ("DiPO:alpha=1+GD", "bad option 'alpha=1'"),
+    ("GA:beta=1+GD", "keys none"),
+    ("NPO:beta+GD", "use key=value"),
+  ],
+)
+def test_parse_loss_rejects(text, needle):
+  with pytest.raises(ValueError) as info:
     losses.parse_loss(text)
+  assert needle in str(info.value)
+
+
+def test_options_bind_hyperparameters_and_roles(setup):
+  apply, params, ref, b = setup
+  fn = losses.FORGET_LOSSES["DiPO:gamma=10:top_k=2"]
+  assert fn.keywords == {"gamma": 10.0, "top_k": 2}
+  want = losses.dipo(apply, params, ref, b, gamma=10.0, top_k=2)
+  assert float(fn(apply, params, ref, b)) == pytest.approx(float(want))
+  assert float(want) != pytest.approx(float(losses.dipo(apply, params, ref, b)))
+  assert losses.roles_for("DiPO:gamma=10", "AP:beta=0.2") == ("forget", "retain", "retain_idk")
+  with pytest.raises(KeyError):
+    losses.FORGET_LOSSES["Nope:beta=1"]

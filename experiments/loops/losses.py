@@ -1,137 +1,202 @@
-"""Forget and retain losses, written ``FORGET+RETAIN`` (e.g. ``NPO+GD``).
+"""Forget and retain losses, written ``FORGET+RETAIN`` (e.g. ``NPO+GD``), as experiments glue.
 
-Every loss has the signature ``loss(apply, params, ref_params, batches)``:
-``apply(params, ids, mask)`` returns logits, ``ref_params`` is the frozen
-reference (the fine-tuned model before unlearning) and ``batches`` maps a role
-(``forget``, ``forget_idk``, ``retain``, ``retain_idk``) to a
-:class:`~experiments.data.batching.Batch`. Notation as in UNLEARNING.md: ``L(x)`` is
-the summed answer NLL of a sequence, ``CE_mean`` the mean token cross-entropy
-over a batch, ``beta = 0.1`` unless noted.
+Every formula lives in :mod:`dualoptim_jax.unlearning`; this module only feeds it
+the experiments' batches. Every loss has the signature ``loss(apply, params,
+ref_params, batches)``: ``apply(params, ids, mask)`` returns logits,
+``ref_params`` is the frozen reference (the fine-tuned model before unlearning)
+and ``batches`` maps a role (``forget``, ``forget_idk``, ``retain``,
+``retain_idk``) to a :class:`~experiments.data.batching.Batch`.
+
+Shifting: ``targets[:, t] = 1`` when token ``ids[:, t]`` is an answer target, so
+``logits[:, :-1]`` scores ``ids[:, 1:]`` with mask ``targets[:, 1:]`` (question
+and padding positions count for no loss, the KL retain loss included).
+
+Hyperparameters ride on the loss name, ``NAME:key=value[:key=value...]``, e.g.
+``DiPO:gamma=10:top_k=3+GD`` or ``NPO:beta=0.05+KL`` (keys in :data:`OPTIONS`);
+without options the defaults below apply (``beta = 0.1`` unless noted).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
+from dualoptim_jax import unlearning
+
 BETA = 0.1
 SIMNPO_BETA, SIMNPO_GAMMA = 2.5, 0.0
+DIPO_GAMMA, DIPO_TOP_K = 3.0, 1
+
+
+def shifted(apply, params, batch) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Library-convention ``(logits, targets, mask)``: ``logits[:, t]`` scores ``targets[:, t]``."""
+  logits = apply(params, batch.ids, batch.mask)
+  return logits[:, :-1], batch.ids[:, 1:], batch.targets[:, 1:]
+
+
+def _ref_logits(apply, ref_params, batch) -> jax.Array:
+  return jax.lax.stop_gradient(apply(ref_params, batch.ids, batch.mask)[:, :-1])
 
 
 def token_nll(logits: jax.Array, ids: jax.Array) -> jax.Array:
   """NLL of each next token: ``(batch, seq-1)`` for predicting ``ids[:, 1:]``."""
-  logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
+  return -unlearning.token_log_probs(logits[:, :-1], ids[:, 1:])
+
+
+def sequence_logp(apply, params, batch) -> tuple[jax.Array, jax.Array]:
+  """Summed answer log-prob ``log pi(y|x)`` per sequence and the number of answer tokens."""
+  logits, targets, mask = shifted(apply, params, batch)
+  return unlearning.sequence_log_probs(logits, targets, mask), jnp.sum(mask, axis=1)
 
 
 def sequence_nll(apply, params, batch) -> tuple[jax.Array, jax.Array]:
   """Summed answer NLL ``L`` per sequence and the number of answer tokens."""
-  logits = apply(params, batch.ids, batch.mask)
-  t = batch.targets[:, 1:]
-  return jnp.sum(token_nll(logits, batch.ids) * t, axis=1), jnp.sum(t, axis=1)
+  logp, n = sequence_logp(apply, params, batch)
+  return -logp, n
 
 
 def ce_mean(apply, params, batch) -> jax.Array:
   """Mean token cross-entropy over all answer tokens of the batch (HF's loss)."""
-  nll, n = sequence_nll(apply, params, batch)
-  return jnp.sum(nll) / jnp.maximum(jnp.sum(n), jnp.float32(1.0))
+  return unlearning.nll_loss(*shifted(apply, params, batch))
 
 
-def _ref_nll(apply, ref_params, batch) -> jax.Array:
-  return jax.lax.stop_gradient(sequence_nll(apply, ref_params, batch)[0])
+def _ref_logp(apply, ref_params, batch) -> jax.Array:
+  return jax.lax.stop_gradient(sequence_logp(apply, ref_params, batch)[0])
 
 
 def ga(apply, params, ref_params, b):
   """Gradient ascent: ``-CE_mean(forget)``."""
   del ref_params
-  return -ce_mean(apply, params, b["forget"])
+  return unlearning.gradient_ascent_loss(*shifted(apply, params, b["forget"]))
 
 
-def npo(apply, params, ref_params, b):
-  """NPO: ``-(2/beta) mean log sigmoid(beta (L_theta - L_ref))`` on the forget set."""
-  nll = sequence_nll(apply, params, b["forget"])[0]
-  ref = _ref_nll(apply, ref_params, b["forget"])
-  return -(2.0 / BETA) * jnp.mean(jax.nn.log_sigmoid(BETA * (nll - ref)))
+def npo(apply, params, ref_params, b, *, beta=BETA):
+  """NPO on the forget set against the frozen reference."""
+  logp = sequence_logp(apply, params, b["forget"])[0]
+  return unlearning.npo_loss(logp, _ref_logp(apply, ref_params, b["forget"]), beta=beta)
 
 
-def simnpo(apply, params, ref_params, b):
-  """SimNPO: ``-(2/beta) mean log sigmoid(beta (L/|y| - gamma))``, beta=2.5, no reference."""
+def simnpo(apply, params, ref_params, b, *, beta=SIMNPO_BETA, gamma=SIMNPO_GAMMA):
+  """SimNPO on the forget set (no reference), beta 2.5, gamma 0."""
   del ref_params
-  nll, n = sequence_nll(apply, params, b["forget"])
-  avg = nll / jnp.maximum(n, jnp.float32(1.0))
-  return -(2.0 / SIMNPO_BETA) * jnp.mean(jax.nn.log_sigmoid(SIMNPO_BETA * (avg - SIMNPO_GAMMA)))
+  logp, n = sequence_logp(apply, params, b["forget"])
+  return unlearning.simnpo_loss(logp, n, beta=beta, gamma=gamma)
 
 
-def dpo(apply, params, ref_params, b):
-  """IdkDPO: prefer the IDK answer over the forget answer, relative to the reference.
-
-  ``Delta = log pi(idk) - log pi(forget)`` with ``log pi = -L``;
-  loss ``-(2/beta) mean log sigmoid(beta (Delta_theta - Delta_ref))``.
-  """
-  win = -sequence_nll(apply, params, b["forget_idk"])[0]
-  lose = -sequence_nll(apply, params, b["forget"])[0]
-  ref_win = -_ref_nll(apply, ref_params, b["forget_idk"])
-  ref_lose = -_ref_nll(apply, ref_params, b["forget"])
-  delta = (win - lose) - (ref_win - ref_lose)
-  return -(2.0 / BETA) * jnp.mean(jax.nn.log_sigmoid(BETA * delta))
+def dpo(apply, params, ref_params, b, *, beta=BETA):
+  """IdkDPO: prefer the refusal (``forget_idk``) to the forget answer, relative to the reference."""
+  chosen = sequence_logp(apply, params, b["forget_idk"])[0]
+  rejected = sequence_logp(apply, params, b["forget"])[0]
+  ref_chosen = _ref_logp(apply, ref_params, b["forget_idk"])
+  ref_rejected = _ref_logp(apply, ref_params, b["forget"])
+  return unlearning.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=beta)
 
 
 def idk(apply, params, ref_params, b):
   """IDK: ``CE_mean(forget question -> refusal)``."""
   del ref_params
-  return ce_mean(apply, params, b["forget_idk"])
+  return unlearning.nll_loss(*shifted(apply, params, b["forget_idk"]))
 
 
 def me(apply, params, ref_params, b):
-  """Maximum entropy: mean over answer positions of ``KL(uniform || softmax(z_t))``."""
+  """Maximum entropy over the forget answer positions."""
   del ref_params
+  logits, _, mask = shifted(apply, params, b["forget"])
+  return unlearning.maximum_entropy_loss(logits, mask)
+
+
+def dipo(
+  apply, params, ref_params, b, *, beta=BETA, gamma=DIPO_GAMMA, top_k=DIPO_TOP_K, mean=False
+):
+  """DiPO (our reconstruction) on the forget answer positions; the pair comes from the reference."""
   batch = b["forget"]
-  logits = apply(params, batch.ids, batch.mask)[:, :-1].astype(jnp.float32)
-  vocab = logits.shape[-1]
-  logp = jnp.log(jax.nn.softmax(logits, axis=-1) + jnp.float32(1e-12))
-  kl = -jnp.log(jnp.float32(vocab)) - jnp.mean(logp, axis=-1)
-  t = batch.targets[:, 1:]
-  return jnp.sum(kl * t) / jnp.maximum(jnp.sum(t), jnp.float32(1.0))
+  logits, _, mask = shifted(apply, params, batch)
+  ref = _ref_logits(apply, ref_params, batch)
+  return unlearning.dipo_loss(
+    logits, ref, mask, beta=beta, gamma=gamma, top_k=top_k, length_normalize=mean
+  )
 
 
 def gd(apply, params, ref_params, b):
   """Gradient descent on the retain set: ``CE_mean(retain)``."""
   del ref_params
-  return ce_mean(apply, params, b["retain"])
+  return unlearning.nll_loss(*shifted(apply, params, b["retain"]))
 
 
 def kl(apply, params, ref_params, b):
-  """``KL(p_ref || p_theta)`` summed over the vocabulary, divided by batch x seq (all positions)."""
+  """Token ``KL(p_ref || p_theta)`` on the retain set, mean over its answer positions."""
   batch = b["retain"]
-  logp = jax.nn.log_softmax(apply(params, batch.ids, batch.mask).astype(jnp.float32), axis=-1)
-  ref = jax.lax.stop_gradient(
-    jax.nn.log_softmax(apply(ref_params, batch.ids, batch.mask).astype(jnp.float32), axis=-1)
-  )
-  total = jnp.sum(jnp.exp(ref) * (ref - logp))
-  return total / jnp.float32(batch.ids.shape[0] * batch.ids.shape[1])
+  logits, _, mask = shifted(apply, params, batch)
+  return unlearning.kl_loss(logits, _ref_logits(apply, ref_params, batch), mask)
 
 
-def ap(apply, params, ref_params, b):
-  """Answer preservation: ``-(1/beta) mean log sigmoid(beta (L(retain_idk) - L(retain)))``."""
+def ap(apply, params, ref_params, b, *, beta=BETA):
+  """Answer preservation: keep the retain answer likelier than a refusal."""
   del ref_params
-  l_idk = sequence_nll(apply, params, b["retain_idk"])[0]
-  l_ans = sequence_nll(apply, params, b["retain"])[0]
-  return -(1.0 / BETA) * jnp.mean(jax.nn.log_sigmoid(BETA * (l_idk - l_ans)))
+  answer = sequence_logp(apply, params, b["retain"])[0]
+  refusal = sequence_logp(apply, params, b["retain_idk"])[0]
+  return unlearning.answer_preservation_loss(answer, refusal, beta=beta)
 
 
 LossFn = Callable[..., jax.Array]
-FORGET_LOSSES: dict[str, LossFn] = {
-  "GA": ga,
-  "NPO": npo,
-  "SimNPO": simnpo,
-  "DPO": dpo,
-  "IDK": idk,
-  "ME": me,
+
+# The hyperparameters a name may carry (``NAME:key=value``), with their parsers and checks.
+_POSITIVE = (float, lambda v: v > 0, "> 0")
+_NONNEGATIVE = (float, lambda v: v >= 0, ">= 0")
+_ANY = (float, lambda v: True, "a number")
+OPTIONS: dict[str, dict[str, tuple]] = {
+  "NPO": {"beta": _POSITIVE},
+  "SimNPO": {"beta": _POSITIVE, "gamma": _ANY},
+  "DPO": {"beta": _POSITIVE},
+  "DiPO": {
+    "beta": _POSITIVE,
+    "gamma": _NONNEGATIVE,
+    "top_k": (int, lambda v: v >= 1, "an integer >= 1"),
+    "mean": (int, lambda v: v in (0, 1), "0 or 1"),
+  },
+  "AP": {"beta": _POSITIVE},
 }
-RETAIN_LOSSES: dict[str, LossFn] = {"GD": gd, "KL": kl, "AP": ap}
-NEEDS_REFERENCE = {"NPO", "DPO", "KL"}
+
+
+def _split(name: str) -> tuple[str, dict[str, float | int]]:
+  """``"DiPO:gamma=10:top_k=3"`` -> ``("DiPO", {"gamma": 10.0, "top_k": 3})`` (base not checked)."""
+  base, *items = name.split(":")
+  opts: dict[str, float | int] = {}
+  for item in items:
+    key, sep, text = item.partition("=")
+    allowed = OPTIONS.get(base, {})
+    if not sep or key not in allowed:
+      keys = ", ".join(allowed) or "none"
+      raise ValueError(f"bad option {item!r} in loss {name!r}: use key=value with keys {keys}")
+    kind, ok, what = allowed[key]
+    try:
+      value = kind(text)
+    except ValueError:
+      value = None
+    if value is None or not ok(value):
+      raise ValueError(f"option {key}={text!r} in loss {name!r} must be {what}")
+    opts[key] = value
+  return base, opts
+
+
+class _Registry(dict):
+  """Name -> loss; a name with options (``NPO:beta=0.05``) resolves to the loss with them bound."""
+
+  def __missing__(self, name: str) -> LossFn:
+    base = name.partition(":")[0]
+    if base == name or base not in self:
+      raise KeyError(name)
+    return functools.partial(self[base], **_split(name)[1])
+
+
+FORGET_LOSSES: dict[str, LossFn] = _Registry(
+  {"GA": ga, "NPO": npo, "SimNPO": simnpo, "DPO": dpo, "IDK": idk, "ME": me, "DiPO": dipo}
+)
+RETAIN_LOSSES: dict[str, LossFn] = _Registry({"GD": gd, "KL": kl, "AP": ap})
+NEEDS_REFERENCE = {"NPO", "DPO", "DiPO", "KL"}
 # Which batch roles each loss reads (the loop only builds what is needed).
 ROLES = {
   "GA": ("forget",),
@@ -140,33 +205,42 @@ ROLES = {
   "DPO": ("forget", "forget_idk"),
   "IDK": ("forget_idk",),
   "ME": ("forget",),
+  "DiPO": ("forget",),
   "GD": ("retain",),
   "KL": ("retain",),
   "AP": ("retain", "retain_idk"),
 }
 
 
+def _canonical(part: str, registry: dict, side: str, name: str) -> str:
+  base, _, rest = part.partition(":")
+  lookup = {k.lower(): k for k in registry}
+  if base.lower() not in lookup:
+    raise ValueError(f"unknown {side} loss {base!r} in {name!r}; choose from {', '.join(registry)}")
+  canonical = lookup[base.lower()] + (":" + rest if rest else "")
+  _split(canonical)  # checks the options
+  return canonical
+
+
 def parse_loss(name: str) -> tuple[str, str]:
-  """Splits ``"NPO+GD"`` into ``("NPO", "GD")``, checking both names.
+  """Splits ``"NPO+GD"`` into ``("NPO", "GD")``, checking both names and any options.
+
+  Options stay on the returned name (``"dipo:gamma=10+gd"`` -> ``("DiPO:gamma=10", "GD")``),
+  which :data:`FORGET_LOSSES` / :data:`RETAIN_LOSSES` resolve.
 
   Raises:
-    ValueError: the name is not ``FORGET+RETAIN`` with known parts.
+    ValueError: the name is not ``FORGET+RETAIN`` with known parts and valid options.
   """
   parts = name.strip().split("+")
   if len(parts) != 2:
     raise ValueError(f"loss {name!r} must be written FORGET+RETAIN, e.g. NPO+GD")
   f, r = (p.strip() for p in parts)
-  lookup_f = {k.lower(): k for k in FORGET_LOSSES}
-  lookup_r = {k.lower(): k for k in RETAIN_LOSSES}
-  if f.lower() not in lookup_f:
-    choices = ", ".join(FORGET_LOSSES)
-    raise ValueError(f"unknown forget loss {f!r} in {name!r}; choose from {choices}")
-  if r.lower() not in lookup_r:
-    choices = ", ".join(RETAIN_LOSSES)
-    raise ValueError(f"unknown retain loss {r!r} in {name!r}; choose from {choices}")
-  return lookup_f[f.lower()], lookup_r[r.lower()]
+  return (
+    _canonical(f, FORGET_LOSSES, "forget", name),
+    _canonical(r, RETAIN_LOSSES, "retain", name),
+  )
 
 
 def roles_for(forget: str, retain: str) -> tuple[str, ...]:
   """The batch roles a loss pair reads (forget-side roles first)."""
-  return ROLES[forget] + ROLES[retain]
+  return ROLES[forget.partition(":")[0]] + ROLES[retain.partition(":")[0]]
