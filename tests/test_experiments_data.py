@@ -1,5 +1,6 @@
 """Data sources: the generated corpus, the local TOFU loader and its one-line errors."""
 
+import hashlib
 import json
 import pathlib
 import shutil
@@ -25,6 +26,24 @@ def test_synthetic_is_deterministic_and_tofu_shaped():
     synthetic.generate("forget01", n_authors=10).forget
     != synthetic.generate("forget01", task_id=2, n_authors=10).forget
   )
+
+
+def test_synthetic_holdout_changes_nothing_else():
+  c = synthetic.generate("forget05")
+  # The checkpoint key and the tokenizer's texts of the corpus before the holdout existed
+  # (commit ced9b64): adding holdout authors must not retrain anything.
+  assert c.fingerprint() == "7afc603ef934"
+  texts = hashlib.sha256(json.dumps(c.texts()).encode()).hexdigest()[:12]
+  assert texts == "f693ea0c11aa"
+  assert len(c.holdout) == 40 and all(len(q.perturbed_answers) == 5 for q in c.holdout)
+  trained = {q.question for q in c.full_train()}
+  assert not trained & {q.question for q in c.holdout}
+  # Holdout authors are new people (their names appear in no trained question).
+  names = {q.question.removeprefix("Where was ").removesuffix(" born?") for q in c.holdout[::20]}
+  assert len(names) == 2 and not any(n in q for n in names for q in trained)
+  assert len(synthetic.generate("forget05", n_holdout=3).holdout) == 60
+  small = synthetic.generate("forget05", n_holdout=0)
+  assert small.holdout == () and small.fingerprint() == c.fingerprint()
 
 
 def _write(folder: pathlib.Path, name: str, rows) -> None:
@@ -56,6 +75,11 @@ def tofu_dir(tmp_path):
 def test_local_loader_reads_layout(tofu_dir):
   c = tofu_data.load_local(tofu_dir, "forget01", task_id=1, retain_limit=4)
   assert len(c.forget) == 4 and len(c.retain) == 4 and c.idk == ("I don't know.",)
+  # Holdout: the last untrained rows of the pool (r4, r5: after the 4-row subsample).
+  assert [q.question for q in c.holdout] == ["r4", "r5"]
+  c = tofu_data.load_local(tofu_dir, "forget01", task_id=1, retain_limit=4, holdout_size=1)
+  assert [q.question for q in c.holdout] == ["r5"]
+  assert tofu_data.load_local(tofu_dir, "forget01", retain_limit=None).holdout == ()
 
 
 @pytest.mark.skipif(not TOFU.is_dir(), reason="shared TOFU copy not present")
@@ -63,6 +87,11 @@ def test_real_tofu_forget01_task1():
   c = tofu_data.load_local(TOFU, "forget01", task_id=1, retain_limit=None)
   assert len(c.forget) == 40 and len(c.retain) == 3960
   assert c.forget[0].question.startswith("What is the full name of the author born in Kuwait")
+  assert c.holdout == ()  # everything is trained on
+  c = tofu_data.load_local(TOFU, "forget01", task_id=1)  # the CPU subsample
+  assert len(c.holdout) == 40
+  trained = {q.question for q in c.full_train()}
+  assert not trained & {q.question for q in c.holdout}
 
 
 def test_malformed_line(tofu_dir):

@@ -3,8 +3,9 @@
 A :class:`Corpus` holds the TOFU-shaped sets: the forget split (with
 paraphrased and perturbed answers for the truth ratio), the retain set used
 for training and for the unlearning retain batches, the retain evaluation set,
-the two utility sets (real authors, world facts) and the "I don't know"
-refusals used by IDK-style losses.
+the two utility sets (real authors, world facts), the "I don't know"
+refusals used by IDK-style losses, and a holdout of forget-like QA that no
+model trains on (the non-members of the membership-inference audit).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class Corpus:
     world_facts: utility set (short answer + 3 perturbed).
     idk: refusal sentences (IDK / DPO / AP targets).
     notes: how the corpus was built (subsampling etc.), for the report.
+    holdout: QA of the same kind as the forget set that no model trains on: the
+      non-members of the membership-inference audit. Not part of any training
+      set, of :meth:`texts` (tokenizer) or of :meth:`fingerprint` (checkpoint key).
   """
 
   name: str
@@ -60,6 +64,7 @@ class Corpus:
   world_facts: tuple[QA, ...]
   idk: tuple[str, ...]
   notes: str = ""
+  holdout: tuple[QA, ...] = ()
 
   def full_train(self) -> tuple[QA, ...]:
     """Fine-tuning set of the original model: forget + retain + utility sets."""

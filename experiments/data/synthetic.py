@@ -8,6 +8,8 @@ paraphrase with wrong values). The
 "real authors" and "world facts" utility sets are short-answer questions about
 a separate pool of fictional classics and countries; the model learns them in
 fine-tuning, standing in for a pretrained model's general knowledge.
+Extra "holdout" authors, made the same way by a generator of their own after
+everything else, are never trained on: the membership-inference non-members.
 """
 
 from __future__ import annotations
@@ -178,6 +180,7 @@ def generate(
   n_retain_eval: int = 40,
   n_utility: int = 20,
   seed: int = 0,
+  n_holdout: int | None = None,
 ) -> Corpus:
   """Generates the corpus; the same arguments always give the same corpus.
 
@@ -189,6 +192,8 @@ def generate(
     n_retain_eval: retain questions evaluated (the first ones, like TOFU's 400).
     n_utility: questions in each utility set.
     seed: generator seed.
+    n_holdout: holdout authors (default: as many as forgotten, at least 2), QA no
+      model trains on; they change none of the other sets.
 
   Returns:
     A :class:`~experiments.data.Corpus`.
@@ -220,6 +225,18 @@ def generate(
   world = [
     (f"What is the capital of {c}?", capitals[i % len(capitals)]) for i, c in enumerate(countries)
   ]
+  # Holdout authors come from their own generator, after everything else: the other sets,
+  # the tokenizer's texts and the checkpoint key are exactly those of a corpus without them.
+  hold_rng = random.Random(f"holdout-{seed}")
+  n_hold = max(n_forget, 2) if n_holdout is None else n_holdout
+  taken = set(names) | set(classic_authors)
+  hold_names: list[str] = []
+  while len(hold_names) < n_hold:
+    n = _name(hold_rng)
+    if n not in taken:
+      taken.add(n)
+      hold_names.append(n)
+  holdout = [q for n in hold_names for q in _author_qas(n, hold_rng, pools)]
   return Corpus(
     name=f"synthetic {split} task {task_id} ({n_authors} authors x 20 QA, seed {seed})",
     forget=tuple(forget),
@@ -230,6 +247,8 @@ def generate(
     idk=IDK,
     notes=(
       f"generated: {n_authors} authors x 10 facts x 2 phrasings; forget = {n_forget} author(s) "
-      f"({len(forget)} QA); utility sets of {n_utility} short-answer questions"
+      f"({len(forget)} QA); utility sets of {n_utility} short-answer questions; "
+      f"MIA holdout = {n_hold} extra author(s) ({len(holdout)} QA) never trained on"
     ),
+    holdout=tuple(holdout),
   )

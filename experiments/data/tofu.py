@@ -9,6 +9,9 @@ so ``retain_limit`` subsamples the retain set for fine-tuning and unlearning:
 the first ``retain_limit`` rows of ``retain_perturbed.json`` (whole authors, 20
 rows each, all part of the retain set), which also serve as the retain
 evaluation set. ``retain_limit=None`` keeps the whole retain set.
+
+The membership-inference holdout (QA no model trains on) is then the last rows
+of ``retain90.json``: authors outside the subsample (none with ``retain_limit=None``).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def load_local(
   retain_limit: int | None = 100,
   utility_limit: int | None = 40,
   idk_fallback: tuple[str, ...] | None = None,
+  holdout_size: int | None = None,
 ) -> Corpus:
   """Reads TOFU from ``folder``.
 
@@ -83,6 +87,8 @@ def load_local(
     utility_limit: rows kept from each utility set, or None for all.
     idk_fallback: refusals used when ``idontknow.txt`` is absent (the HF copy
       has none); None makes its absence an error.
+    holdout_size: QA in the membership-inference holdout (default: as many as the
+      forget set, at least 40 = two authors), the last untrained rows of the retain pool.
 
   Returns:
     A :class:`~experiments.data.Corpus`.
@@ -116,6 +122,12 @@ def load_local(
     retain = tuple(QA(q.question, q.answer) for q in retain_eval)
   else:
     retain = tuple(retain_all)
+  # Holdout: the last rows of the pool (whole authors at the end of retain90.json) that the
+  # subsample leaves out; no model ever trains on them.
+  trained = {q.question for q in retain}
+  untrained = [q for q in retain_all if q.question not in trained]
+  n_hold = max(len(forget), 40) if holdout_size is None else holdout_size
+  holdout = tuple(untrained[-n_hold:]) if n_hold > 0 else ()
 
   def utility(name: str) -> tuple[QA, ...]:
     path = root / name
@@ -144,7 +156,9 @@ def load_local(
       f"TOFU from {root}: forget = {split} task {task_id} ({len(forget)} QA); retain for "
       f"fine-tuning/unlearning = {sub} (of {len(retain_all)}); utility sets: "
       f"{'all' if utility_limit is None else f'first {utility_limit}'} rows, learned in fine-tuning"
+      f"; MIA holdout = {len(holdout)} untrained rows at the end of retain90.json"
     ),
+    holdout=holdout,
   )
 
 
