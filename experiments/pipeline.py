@@ -75,7 +75,9 @@ def _brief(ev: dict) -> str:
   return (
     f"forget ROUGE {ev['forget']['rouge']:.3f} prob {ev['forget']['prob']:.3f} | "
     f"retain ROUGE {ev['retain']['rouge']:.3f} | MU {ev['model_utility']:.3f} | "
-    f"FE {ev['forget_efficacy']:.3f}" + ("" if fq is None else f" | FQ {fq:.3g}")
+    f"FE {ev['forget_efficacy']:.3f}"
+    + ("" if fq is None else f" | FQ {fq:.3g}")
+    + ("" if not ev.get("mia") else f" | MIA AUC {ev['mia']['min_k_pp_auc']:.3f}")
   )
 
 
@@ -129,7 +131,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   oracle_ev = evaluator(oracle)
   oracle_r = np.asarray(oracle_ev["forget"]["r"])
   oracle_ev["forget_quality"] = 1.0
-  before = evaluator(full, oracle_r)
+  before = evaluator(full, oracle_r, oracle_ev["mia"])
   log(f"[before unlearning] {_brief(before)}")
   log(f"[oracle]            {_brief(oracle_ev)}")
 
@@ -196,7 +198,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
       lr,
       desc=f"[{i + 1}/{len(grid)}] {loss} {opt} lr={lr:g} seed={seed}",
     )
-    ev = evaluator(res.params, oracle_r)
+    ev = evaluator(res.params, oracle_r, oracle_ev["mia"])
     rec = {
       "loss": loss,
       "optimizer": opt,
@@ -221,10 +223,11 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   if payload["runs"]:
     plots.loss_curves(payload["runs"], s.out / "loss_curves.png")
     plots.tradeoff(payload["runs"], refs, s.out / "tradeoff.png")
+    plots.loss_comparison(payload["runs"], refs, s.out / "loss_comparison.png")
   log("")
   log(report.markdown_table(report.aggregate(payload["runs"]), refs))
   log(
     f"\n[done] {payload['total_seconds']:.0f}s total; wrote {s.out}/results.json, results.md, "
-    "loss_curves.png, tradeoff.png"
+    "loss_curves.png, tradeoff.png, loss_comparison.png"
   )
   return payload

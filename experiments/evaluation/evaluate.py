@@ -1,9 +1,13 @@
-"""Evaluation of a model on the TOFU sets: jitted scoring and greedy decoding.
+"""Evaluation of a model on the TOFU sets: jitted scoring, greedy decoding, membership inference.
 
 The evaluator tokenises every (question, candidate answer) pair and every
 prompt once, pads them to fixed shapes, and compiles one scoring program and
 one generation program (a KV-cached ``lax.fori_loop``), which every later
-evaluation of any model with the same architecture reuses.
+evaluation of any model with the same architecture reuses. The scoring program
+returns, per row, the length-normalised answer log-prob and the Min-K% and
+Min-K%++ membership scores (all from :mod:`dualoptim_jax.unlearning`); the
+forget answers against the corpus's holdout answers (never trained on) give
+the membership-inference AUCs.
 """
 
 from __future__ import annotations
@@ -15,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dualoptim_jax import unlearning
 from experiments.data import tokenizer as toklib
 from experiments.data.batching import Encoder, round_up
 from experiments.data.corpus import QA, Corpus
 from experiments.evaluation import metrics
-from experiments.loops.losses import token_nll
 from experiments.models.generate import make_generate
 
 EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
@@ -75,6 +79,11 @@ class Evaluator:
         for kind, text in cands:
           index[(name, i, kind)] = len(pairs)
           pairs.append((qa.question, text))
+    # Membership-inference non-members: the holdout answers (scored only, never generated).
+    self.holdout = corpus.holdout[:limit] if limit else corpus.holdout
+    for i, qa in enumerate(self.holdout):
+      index[("holdout", i, "answer")] = len(pairs)
+      pairs.append((qa.question, qa.answer))
     self.rows = _Rows(pairs, index)
     length = min(encoder.max_pair_len(pairs), encoder.max_len)
     self.score_batch = encoder.batch(pairs, length=length)
@@ -91,9 +100,13 @@ class Evaluator:
 
     def score(params, ids, mask, targets):
       logits = nnx.merge(graphdef, params)(ids, mask)
-      t = targets[:, 1:]
-      nll = jnp.sum(token_nll(logits, ids) * t, axis=1)
-      return nll / jnp.maximum(jnp.sum(t, axis=1), jnp.float32(1.0))
+      # targets[:, t] marks answer token ids[:, t]: logits[:, :-1] score ids[:, 1:].
+      z, y, m = logits[:, :-1], ids[:, 1:], targets[:, 1:]
+      n = jnp.maximum(jnp.sum(m, axis=1), jnp.float32(1.0))
+      avg_logp = unlearning.sequence_log_probs(z, y, m) / n  # also the LOSS attack's score
+      min_k = unlearning.min_k_scores(z, y, m, k=metrics.MIA_K)
+      min_k_pp = unlearning.min_k_plus_plus_scores(z, y, m, k=metrics.MIA_K)
+      return jnp.stack([avg_logp, min_k, min_k_pp], axis=1)
 
     self._score = jax.jit(score)
     self._generate = make_generate(graphdef, self.max_new, eos_id=toklib.EOS, pad_id=toklib.PAD)
@@ -109,29 +122,39 @@ class Evaluator:
       outs.append(np.asarray(fn(params, *chunk))[: bs - pad])
     return np.concatenate(outs)
 
+  def row_scores(self, params) -> np.ndarray:
+    """Per scored pair: ``[avg answer log-prob, Min-K%, Min-K%++]``, shape ``(rows, 3)``."""
+    return self._batched(self._score, params, list(self.score_batch))
+
   def avg_nll(self, params) -> np.ndarray:
     """Average answer NLL of every scored pair."""
-    return self._batched(self._score, params, list(self.score_batch))
+    return -self.row_scores(params)[:, 0]
 
   def generations(self, params) -> list[str]:
     """Greedy answers to every evaluated question (in ``self.questions`` order)."""
     ids = self._batched(self._generate, params, [self.prompt_ids, self.prompt_mask])
     return [toklib.decode(self.encoder.tok, row) for row in ids]
 
-  def __call__(self, params, oracle_forget_r: np.ndarray | None = None) -> dict:
+  def __call__(
+    self, params, oracle_forget_r: np.ndarray | None = None, oracle_mia: dict | None = None
+  ) -> dict:
     """All metrics of ``params``.
 
     Args:
       params: the model parameters (``nnx.State``).
       oracle_forget_r: forget-set truth ratios of the retain-only oracle (for
         Forget Quality); None skips it.
+      oracle_mia: the oracle's ``mia`` entry (for PrivLeak); None skips it.
 
     Returns:
       A dict: per set ``prob``, ``rouge``, ``tr`` (and ``r``, the per-question
       truth ratios, for the forget set); ``model_utility``, ``forget_efficacy``,
-      ``forget_quality`` (or None) and a few sample generations.
+      ``forget_quality`` (or None), ``mia`` (AUCs of forget vs holdout answers
+      by Min-K%++, Min-K% and LOSS scores, PrivLeak vs the oracle; None without
+      a holdout) and a few sample generations.
     """
-    nll = self.avg_nll(params)
+    scores = self.row_scores(params)
+    avg_logp = scores[:, 0]
     gens = self.generations(params)
     refs = [qa.answer for _, _, qa in self.questions]
     rouge = metrics.rouge_l_recall(refs, gens)
@@ -139,18 +162,15 @@ class Evaluator:
     offset = 0
     for name, qas in self.sets.items():
       n = len(qas)
-      row = lambda i, kind, name=name: nll[self.rows.index[(name, i, kind)]]
+      row = lambda i, kind, name=name: avg_logp[self.rows.index[(name, i, kind)]]
       ans = np.array([row(i, "answer") for i in range(n)])
       k = len(qas[0].perturbed_answers)
       pert = np.array([[row(i, f"pert{j}") for j in range(k)] for i in range(n)])
       para = np.array(
         [row(i, "para") if qa.paraphrased_answer else row(i, "answer") for i, qa in enumerate(qas)]
       )
-      r = metrics.truth_ratios(para, pert)
-      short = name in ("real_authors", "world_facts")
-      prob = metrics.probability_with_options(ans, pert) if short else metrics.probability(ans)
-      tr = metrics.truth_ratio_forget(r) if name == "forget" else metrics.truth_ratio_retain(r)
-      out[name] = {"prob": prob, "rouge": float(np.mean(rouge[offset : offset + n])), "tr": tr}
+      out[name], r = metrics.set_metrics(name, ans, para, pert)
+      out[name]["rouge"] = float(np.mean(rouge[offset : offset + n]))
       if name == "forget":
         out[name]["r"] = r.tolist()
         out["samples"] = [
@@ -159,9 +179,22 @@ class Evaluator:
         ]
       offset += n
     f = out["forget"]
-    out["model_utility"] = metrics.model_utility(out)
-    out["forget_efficacy"] = metrics.forget_efficacy(f["rouge"], f["prob"], f["tr"])
+    out["model_utility"] = unlearning.model_utility(out)
+    out["forget_efficacy"] = unlearning.forget_efficacy(f["rouge"], f["prob"], f["tr"])
     out["forget_quality"] = (
-      None if oracle_forget_r is None else metrics.forget_quality(f["r"], oracle_forget_r)
+      None if oracle_forget_r is None else unlearning.forget_quality(f["r"], oracle_forget_r)
     )
+    out["mia"] = self._mia(scores, oracle_mia)
     return out
+
+  def _mia(self, scores: np.ndarray, oracle_mia: dict | None) -> dict | None:
+    if not self.holdout:
+      return None
+    columns = {"loss": 0, "min_k": 1, "min_k_pp": 2}
+    rows = {
+      "forget": [self.rows.index[("forget", i, "answer")] for i in range(len(self.sets["forget"]))],
+      "holdout": [self.rows.index[("holdout", i, "answer")] for i in range(len(self.holdout))],
+    }
+    member = {s: scores[rows["forget"], c] for s, c in columns.items()}
+    holdout = {s: scores[rows["holdout"], c] for s, c in columns.items()}
+    return metrics.mia_audit(member, holdout, oracle_mia)

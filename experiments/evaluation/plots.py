@@ -1,4 +1,4 @@
-"""PNG plots: unlearning loss curves and the forget-vs-utility trade-off scatter."""
+"""PNG plots: unlearning loss curves, the forget-vs-utility trade-off, the losses compared."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.evaluation.report import aggregate  # noqa: E402
+from experiments.evaluation.report import aggregate, summary_row  # noqa: E402
 
 _COLORS = {
   "adamw": "tab:gray",
@@ -94,6 +94,72 @@ def tradeoff(runs: list[dict], references: dict[str, dict], path: pathlib.Path) 
       axes[i, j].set_xlabel("model utility")
     axes[0, j].set_ylabel("forget quality (KS p, log)")
     axes[1, j].set_ylabel("forget efficacy")
+    axes[0, j].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+_LOSS_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:olive")
+
+
+def loss_comparison(runs: list[dict], references: dict[str, dict], path: pathlib.Path) -> None:
+  """Losses compared per optimizer: forget quality (log) and Min-K%++ AUC against model utility.
+
+  One column per optimizer, one curve per loss (points = learning rates, mean over seeds,
+  error bars = std); the fine-tuned model (square) and the oracle (star) for reference.
+  """
+  rows = aggregate(runs)
+  opts = list(dict.fromkeys(r["optimizer"] for r in rows))
+  losses = sorted({r["loss"] for r in rows})
+  colors = {loss: _LOSS_COLORS[i % len(_LOSS_COLORS)] for i, loss in enumerate(losses)}
+  keys = ("forget_quality", "mia_auc")
+  fig, axes = plt.subplots(2, len(opts), figsize=(4.2 * len(opts), 7), squeeze=False)
+  for j, opt in enumerate(opts):
+    for loss in losses:
+      rs = sorted(
+        (r for r in rows if r["loss"] == loss and r["optimizer"] == opt), key=lambda r: r["lr"]
+      )
+      if not rs:
+        continue
+      mu = np.array([r["model_utility"][0] for r in rs])
+      mu_s = np.array([r["model_utility"][1] for r in rs])
+      for i, key in enumerate(keys):
+        y = np.array([r[key][0] for r in rs])
+        ys = np.array([r[key][1] for r in rs])
+        axes[i, j].errorbar(
+          mu,
+          y,
+          xerr=mu_s,
+          yerr=ys,
+          color=colors[loss],
+          marker="o",
+          ms=4,
+          capsize=2,
+          lw=1.2,
+          label=loss,
+        )
+    for name, ev in references.items():
+      flat = summary_row(ev)
+      marker = "*" if "oracle" in name else "s"
+      for i, key in enumerate(keys):
+        if not np.isnan(flat[key]):
+          axes[i, j].scatter(
+            [flat["model_utility"]],
+            [flat[key]],
+            marker=marker,
+            color="k",
+            s=50,
+            label=name,
+            zorder=5,
+          )
+    axes[0, j].set_yscale("log")
+    axes[0, j].set_title(f"{opt}: forget quality vs utility", fontsize=9)
+    axes[1, j].set_title(f"{opt}: Min-K%++ AUC vs utility", fontsize=9)
+    axes[0, j].set_ylabel("forget quality (KS p, log)")
+    axes[1, j].set_ylabel("MIA AUC (forget vs holdout)")
+    for i in range(2):
+      axes[i, j].set_xlabel("model utility")
     axes[0, j].legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=90)

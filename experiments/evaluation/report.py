@@ -15,18 +15,31 @@ COLUMNS = (
   ("forget_rouge", "forget ROUGE"),
   ("forget_prob", "forget prob"),
   ("retain_rouge", "retain ROUGE"),
+  ("mia_auc", "MIA AUC"),
+  ("privleak", "PrivLeak %"),
 )
 
 
+def _number(x) -> float:
+  return float("nan") if x is None else float(x)
+
+
 def summary_row(ev: dict) -> dict[str, float]:
-  """The flat numbers of one evaluation."""
+  """The flat numbers of one evaluation (NaN where a number is absent).
+
+  ``mia_auc`` is the Min-K%++ AUC of forget vs holdout answers and ``privleak`` its
+  relative gap to the oracle's, in percent (evaluations without a holdout: NaN).
+  """
+  mia = ev.get("mia") or {}
   return {
-    "forget_quality": ev["forget_quality"] if ev["forget_quality"] is not None else float("nan"),
+    "forget_quality": _number(ev["forget_quality"]),
     "model_utility": ev["model_utility"],
     "forget_efficacy": ev["forget_efficacy"],
     "forget_rouge": ev["forget"]["rouge"],
     "forget_prob": ev["forget"]["prob"],
     "retain_rouge": ev["retain"]["rouge"],
+    "mia_auc": _number(mia.get("min_k_pp_auc")),
+    "privleak": _number(mia.get("privleak")),
   }
 
 
@@ -48,10 +61,12 @@ def aggregate(runs: list[dict]) -> list[dict]:
   return out
 
 
-def _fmt(ms: tuple[float, float], n: int, digits: int = 3) -> str:
+def _fmt(ms: tuple[float, float], n: int, digits: int = 3, *, percent: bool = False) -> str:
   m, s = ms
   if np.isnan(m):
     return "-"
+  if percent:
+    return f"{m:.1f} ± {s:.1f}" if n > 1 else f"{m:.1f}"
   if n > 1:
     return f"{m:.{digits}g} ± {s:.2g}" if m < 0.01 else f"{m:.{digits}f} ± {s:.{digits}f}"
   return f"{m:.{digits}g}" if m < 0.01 else f"{m:.{digits}f}"
@@ -63,12 +78,13 @@ def markdown_table(rows: list[dict], references: dict[str, dict]) -> str:
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, ev in references.items():
     flat = summary_row(ev)
-    cells = ["-", name, "-"] + [_fmt((flat[k], 0.0), 1) for k, _ in COLUMNS] + ["-", "-"]
+    cells = ["-", name, "-"]
+    cells += [_fmt((flat[k], 0.0), 1, percent=k == "privleak") for k, _ in COLUMNS] + ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
   for r in sorted(rows, key=lambda r: (r["loss"], r["optimizer"], r["lr"])):
     n = len(r["seeds"])
     cells = [r["loss"], r["optimizer"], f"{r['lr']:g}"]
-    cells += [_fmt(r[k], n) for k, _ in COLUMNS]
+    cells += [_fmt(r[k], n, percent=k == "privleak") for k, _ in COLUMNS]
     cells += [f"{r['wall_s'][0]:.1f}", f"{r['state_bytes']:,}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -89,6 +105,8 @@ def tradeoff_summary(rows: list[dict], mu_before: float, frac: float = 0.9) -> s
     f"best FE (MU >= {frac:g} x before)",
     "lr ",
     "MU ",
+    "MIA AUC at best FQ",
+    "PrivLeak % at best FQ",
   ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   keys = dict.fromkeys((r["loss"], r["optimizer"]) for r in rows)
@@ -103,6 +121,48 @@ def tradeoff_summary(rows: list[dict], mu_before: float, frac: float = 0.9) -> s
       best = max(ok, key=lambda r, key=key: r[key][0])
       n = len(best["seeds"])
       cells += [_fmt(best[key], n), f"{best['lr']:g}", _fmt(best["model_utility"], n)]
+    if ok:
+      best = max(ok, key=lambda r: r["forget_quality"][0])
+      n = len(best["seeds"])
+      cells += [_fmt(best["mia_auc"], n), _fmt(best["privleak"], n, percent=True)]
+    else:
+      cells += ["-", "-"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def _cell(key: str, ms: tuple[float, float]) -> str:
+  m, s = ms
+  if np.isnan(m):
+    return "-"
+  if key == "privleak":
+    return f"{m:+.0f}±{s:.0f}"
+  return f"{m:.1e}" if abs(m) < 0.01 else f"{m:.2f}±{s:.2f}"
+
+
+GRID_KEYS = ("forget_quality", "model_utility", "forget_efficacy", "privleak")
+
+
+def lr_grid(rows: list[dict], loss: str, keys: tuple[str, ...] = GRID_KEYS) -> str:
+  """One loss's optimizer x learning-rate grid; cell = the ``keys`` (mean±std over seeds).
+
+  Means below 0.01 are printed alone in e-notation; PrivLeak in percent, signed.
+  """
+  rs = [r for r in rows if r["loss"] == loss]
+  lrs = sorted({r["lr"] for r in rs})
+  names = dict(COLUMNS)
+  head = ["optimizer"] + [f"lr {lr:g}" for lr in lrs]
+  lines = [
+    f"cell = {' / '.join(names[k] for k in keys)}",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
+  for opt in dict.fromkeys(r["optimizer"] for r in rs):
+    cells = [opt]
+    for lr in lrs:
+      match = [r for r in rs if r["optimizer"] == opt and r["lr"] == lr]
+      cells.append(" / ".join(_cell(k, match[0][k]) for k in keys) if match else "-")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -124,6 +184,9 @@ def write(out: pathlib.Path, payload: dict) -> None:
     "(higher = closer to never having seen the forget set); "
     "MU = harmonic mean of 9 utility numbers; FE = forget efficacy "
     "(1 - mean(forget ROUGE, prob, 1 - truth-ratio score)). "
+    "MIA AUC = Min-K%++ (k = 0.4) ROC AUC of forget answers vs holdout answers no model "
+    "trained on; PrivLeak = 100 (AUC - oracle AUC) / oracle AUC (0 = like the oracle, "
+    "< 0 over-unlearned, > 0 leaking). "
     "wall s = unlearning steps only (median over seeds).",
     "",
     markdown_table(rows, refs),
@@ -132,6 +195,10 @@ def write(out: pathlib.Path, payload: dict) -> None:
     "",
     tradeoff_summary(rows, payload["before"]["model_utility"]),
     "",
+  ]
+  for loss in sorted({r["loss"] for r in rows}):
+    md += [f"## {loss}", "", lr_grid(rows, loss), ""]
+  md += [
     "## Hyperparameters",
     "",
     "```",
