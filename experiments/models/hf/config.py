@@ -107,7 +107,7 @@ class Arch:
   rope_theta: float = 10_000.0
   partial_rotary_factor: float = 1.0
   # (rope_type, ((field, value), ...)) for rope_type != "default", else None.
-  rope_scaling: tuple[str, tuple[tuple[str, float], ...]] | None = None
+  rope_scaling: tuple[str, tuple[tuple[str, float | int], ...]] | None = None
   norm_eps: float = 1e-6
   act: str = "silu"
   attention_bias: bool = False
@@ -144,7 +144,8 @@ def _rope(raw: dict[str, Any]) -> tuple[float, float, Any]:
   if rope_type == "default":
     return float(theta), float(partial), None
   fields = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-  values = tuple((k, float(source[k])) for k in fields if k in source)
+  # Values as the config has them (HF wants original_max_position_embeddings to stay an int).
+  values = tuple((k, source[k]) for k in fields if k in source)
   return float(theta), float(partial), (rope_type, values)
 
 

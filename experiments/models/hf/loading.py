@@ -129,7 +129,10 @@ def save_model(model: CausalLM, path: str | pathlib.Path, *, max_shard_bytes: in
   state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   entries = key_table(model)
   sizes = [(e.key, state[e.path].get_value().nbytes) for e in entries]
-  tensors = ((e.key, e.to_hf(np.asarray(jax.device_get(state[e.path].get_value())))) for e in entries)
+  # A generator: each tensor reaches the host when its shard is written.
+  tensors = (
+    (e.key, e.to_hf(np.asarray(jax.device_get(state[e.path].get_value())))) for e in entries
+  )
   write_folder(path, tensors, sizes=sizes, max_shard_bytes=max_shard_bytes)
 
 
