@@ -224,3 +224,26 @@ def test_mesh_without_data_or_model_axes_is_refused():
   mesh = jax.make_mesh((2,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
   with pytest.raises(ValueError, match="neither 'data' nor 'model'"):
     hf.load_model(HF_TINY / "gemma", mesh=mesh)
+
+
+@pytest.mark.parametrize(
+  "change, message",
+  [
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "'yarn'"),
+    ({"hidden_act": "relu2"}, "activation 'relu2'"),
+    ({"use_sliding_window": True}, "sliding-window"),
+  ],
+)
+def test_unsupported_config_features_are_named(change, message, tmp_path):
+  folder = copy_case("qwen3", tmp_path)
+  raw = json.loads((folder / "config.json").read_text())
+  (folder / "config.json").write_text(json.dumps({**raw, **change}))
+  with pytest.raises(hf.CheckpointError, match=message):
+    hf.load_model(folder)
+
+
+def test_missing_tokenizer_is_named(tmp_path):
+  folder = copy_case("gemma", tmp_path)
+  (folder / "tokenizer.json").unlink()
+  with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
+    hf.load_tokenizer(folder)

@@ -179,11 +179,14 @@ def arch_from_dict(raw: dict[str, Any]) -> Arch:
     )
   except KeyError as e:
     raise CheckpointError(f"config.json lacks {e.args[0]!r}") from None
-  act_name = raw.get(family.act_key) or raw.get("hidden_act") or family.default_act
+  # Gemma reads only hidden_activation (HF ignores its legacy hidden_act "gelu").
+  act_name = raw.get(family.act_key) or family.default_act
   if act_name not in ACTIVATIONS:
     raise CheckpointError(
       f"activation {act_name!r} is not supported (supported: {', '.join(ACTIVATIONS)})"
     )
+  if raw.get("use_sliding_window"):
+    raise CheckpointError("sliding-window attention (use_sliding_window: true) is not supported")
   theta, partial, scaling = _rope(raw)
   eos = raw.get("eos_token_id")
   return Arch(
