@@ -14,7 +14,7 @@ import safetensors.numpy
 from flax import nnx
 
 from experiments import hf
-from experiments.models.hf.config import read_config
+from experiments.models.hf.config import arch_from_dict, read_config
 from experiments.models.hf.layers import inv_frequencies
 
 HF_TINY = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hf_tiny"
@@ -247,3 +247,15 @@ def test_missing_tokenizer_is_named(tmp_path):
   (folder / "tokenizer.json").unlink()
   with pytest.raises(FileNotFoundError, match="no tokenizer.json"):
     hf.load_tokenizer(folder)
+
+
+def test_omitted_config_keys_take_transformers_defaults():
+  sizes = {"vocab_size": 8, "hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1}
+  sizes["num_attention_heads"] = 2
+  phi = arch_from_dict({"model_type": "phi", **sizes})
+  assert (phi.partial_rotary_factor, phi.norm_eps, phi.tie_embeddings) == (0.5, 1e-5, False)
+  assert phi.act == "gelu_tanh" and phi.num_kv_heads == 2 and phi.head_dim == 4
+  gemma = arch_from_dict({"model_type": "gemma", "hidden_act": "gelu", **sizes})
+  assert gemma.tie_embeddings and gemma.act == "gelu_tanh"  # hidden_act is not gemma's key
+  llama = arch_from_dict({"model_type": "llama", **sizes})
+  assert (llama.tie_embeddings, llama.norm_eps, llama.rope_theta) == (False, 1e-6, 10_000.0)

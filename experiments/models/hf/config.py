@@ -40,6 +40,7 @@ class Family:
     embed_scale: embeddings are multiplied by ``sqrt(hidden_size)`` in the compute dtype (gemma).
     act_key: the config key naming the activation.
     default_act: the activation when the config names none.
+    defaults: values transformers' config class assumes for keys a ``config.json`` omits.
   """
 
   norm: Literal["rms", "rms_plus_one", "layer"] = "rms"
@@ -53,6 +54,7 @@ class Family:
   embed_scale: bool = False
   act_key: str = "hidden_act"
   default_act: str = "silu"
+  defaults: tuple[tuple[str, Any], ...] = (("tie_word_embeddings", False), ("rms_norm_eps", 1e-6))
 
 
 FAMILIES: dict[str, Family] = {
@@ -62,10 +64,14 @@ FAMILIES: dict[str, Family] = {
   "phi": Family(
     norm="layer", mlp="fc", parallel_block=True, qkv_bias=True, o_bias=True, mlp_bias=True,
     lm_head_bias=True, default_act="gelu_new",
+    defaults=(
+      ("tie_word_embeddings", False), ("partial_rotary_factor", 0.5), ("layer_norm_eps", 1e-5),
+    ),
   ),
   "gemma": Family(
     norm="rms_plus_one", embed_scale=True, act_key="hidden_activation",
     default_act="gelu_pytorch_tanh",
+    defaults=(("tie_word_embeddings", True), ("rms_norm_eps", 1e-6)),
   ),
 }  # fmt: skip
 
@@ -168,6 +174,7 @@ def arch_from_dict(raw: dict[str, Any]) -> Arch:
       f"model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
     )
   family = FAMILIES[model_type]
+  raw = {**dict(family.defaults), **raw}
   try:
     hidden, heads = int(raw["hidden_size"]), int(raw["num_attention_heads"])
     sizes = dict(
@@ -198,13 +205,12 @@ def arch_from_dict(raw: dict[str, Any]) -> Arch:
     rope_theta=theta,
     partial_rotary_factor=partial,
     rope_scaling=scaling,
-    norm_eps=float(raw.get("rms_norm_eps", raw.get("layer_norm_eps", 1e-6))),
+    norm_eps=float(raw["layer_norm_eps" if family.norm == "layer" else "rms_norm_eps"]),
     act=ACTIVATIONS[act_name],
     attention_bias=bool(raw.get("attention_bias", False)),
     mlp_bias=bool(raw.get("mlp_bias", False)),
     qk_layernorm=bool(raw.get("qk_layernorm", False)),
-    # transformers' default is to tie; the five families' configs say so explicitly.
-    tie_embeddings=bool(raw.get("tie_word_embeddings", True)),
+    tie_embeddings=bool(raw["tie_word_embeddings"]),
     bos_token_id=raw.get("bos_token_id"),
     eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
     pad_token_id=raw.get("pad_token_id"),
@@ -260,7 +266,7 @@ def config_dict(arch: Arch, dtype: str) -> dict[str, Any]:
   rope: dict[str, Any] = {"rope_theta": arch.rope_theta, "rope_type": "default"}
   if arch.rope_scaling is not None:
     rope.update(rope_type=arch.rope_scaling[0], **dict(arch.rope_scaling[1]))
-  if arch.partial_rotary_factor != 1.0:
+  if arch.partial_rotary_factor != 1.0 or "partial_rotary_factor" in dict(arch.family.defaults):
     rope["partial_rotary_factor"] = arch.partial_rotary_factor
   eos = list(arch.eos_token_id) if isinstance(arch.eos_token_id, tuple) else arch.eos_token_id
   norm_eps = "layer_norm_eps" if arch.family.norm == "layer" else "rms_norm_eps"
