@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import pathlib
+import sys
 import time
 
 import jax
@@ -27,6 +28,7 @@ from experiments.data.corpus import Corpus
 from experiments.evaluation import plots, report
 from experiments.evaluation.evaluate import Evaluator
 from experiments.loops import losses, optimizers
+from experiments.loops.checkpoint import read_json, set_aside, write_json
 from experiments.loops.finetune import FineTuneConfig, fine_tune, make_finetune_step
 from experiments.loops.unlearn import UnlearnBatches, Unlearner
 from experiments.models import decoder as modellib
@@ -64,7 +66,15 @@ def _key(corpus: Corpus, s: Settings) -> str:
 def _tokenizer(corpus: Corpus, s: Settings, cache: pathlib.Path):
   path = cache / "tokenizer.json"
   if path.is_file():
-    return toklib.load_tokenizer(path)
+    try:
+      return toklib.load_tokenizer(path)
+    except Exception as e:  # tokenizers raises a plain Exception for unreadable JSON
+      moved = set_aside(path)
+      print(
+        f"[cache] {path} is damaged ({e}); moved it to {moved.name}; training it again",
+        file=sys.stderr,
+      )
+  # Training is deterministic, so a retrained tokenizer matches the checkpoints' vocabulary.
   tok = toklib.train_tokenizer(corpus.texts(), s.vocab_size)
   toklib.save_tokenizer(tok, path)
   return tok
@@ -183,8 +193,9 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   for i, (loss, opt, lr, seed) in enumerate(grid):
     name = f"{loss.replace('+', '_')}-{opt}-lr{lr:g}-s{seed}-{run_key}"
     path = runs_dir / f"{name}.json"
-    if path.is_file():
-      payload["runs"].append(json.loads(path.read_text()))
+    cached = read_json(path)  # a damaged record is reported, set aside and run again
+    if cached is not None:
+      payload["runs"].append(cached)
       continue
     f_name, r_name = losses.parse_loss(loss)
     batches = UnlearnBatches(corpus, encoder, losses.roles_for(f_name, r_name), s.batch_size, seed)
@@ -210,7 +221,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
       "eval": ev,
       "log": res.log,
     }
-    path.write_text(json.dumps(rec))
+    write_json(path, rec)
     payload["runs"].append(rec)
     log(
       f"[{i + 1}/{len(grid)}] {loss:8s} {opt:20s} lr={lr:<7g} seed={seed}: {_brief(ev)} | "

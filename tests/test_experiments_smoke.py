@@ -42,21 +42,19 @@ def test_two_step_end_to_end(tmp_path, capsys):
   ckpts = list((tmp_path / "checkpoints").glob("*/full/1"))
   assert ckpts, "the fine-tuned model was checkpointed (epoch 1)"
 
-
-def test_checkpoint_round_trip(tmp_path):
-  import jax.numpy as jnp
-  import optax
-
-  from experiments.loops.checkpoint import Checkpoints
-
-  params = {"w": jnp.arange(6, dtype=jnp.float32).reshape(2, 3), "b": jnp.ones(3, jnp.float32)}
-  opt_state = optax.adam(1e-3).init(params)
-  ckpt = Checkpoints(tmp_path / "c")
-  assert ckpt.latest() is None
-  ckpt.save(3, params, opt_state, {"epoch": 3})
-  zeros = {k: jnp.zeros_like(v) for k, v in params.items()}
-  got, got_opt, meta = ckpt.restore(ckpt.latest(), zeros, optax.adam(1e-3).init(zeros))
-  ckpt.close()
-  assert meta == {"epoch": 3}
-  assert bool(jnp.all(got["w"] == params["w"]))
-  assert type(got_opt) is type(opt_state)
+  # Damage the cache (a fine-tuning checkpoint, the tokenizer, a finished run's record): the
+  # rerun says what it found, never crashes, never uses it, and gives the same results.
+  step_files = [f for f in (ckpts[0] / "params").rglob("*") if f.is_file()]
+  biggest = max(step_files, key=lambda f: f.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+  (ckpts[0].parents[1] / "tokenizer.json").write_text('{"version": ')
+  run_file = sorted((tmp_path / "runs").glob("*.json"))[0]
+  run_file.write_text(run_file.read_text()[:100])
+  assert tofu.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "step 1" in err and "no earlier step: retraining" in err
+  assert "tokenizer.json is damaged" in err and f"{run_file.name} is damaged" in err
+  again = json.loads((tmp_path / "results.json").read_text())
+  assert again["before"] == res["before"] and again["oracle"] == res["oracle"]
+  strip = lambda r: {k: v for k, v in r.items() if k != "wall_s"}
+  assert [strip(r["eval"]) for r in again["runs"]] == [strip(r["eval"]) for r in res["runs"]]

@@ -1,68 +1,147 @@
-"""Orbax checkpoints of (params, optimizer state, metadata), resumable by step.
+"""The experiments' checkpoint cache: (params, optimizer state) per epoch, through the library.
 
-Used for the fine-tuned and retain-only oracle models: a re-run (or a run with
-other optimizers) restores the finished model instead of training it again,
-and an interrupted fine-tuning resumes from its last saved epoch.
+Saving and restoring go through :func:`dualoptim_jax.save_checkpoint` and
+:func:`dualoptim_jax.restore_checkpoint`, which write each step atomically,
+verify per-leaf checksums on restore and raise
+:class:`dualoptim_jax.CheckpointError` for a damaged step. A damaged step is
+never used: :meth:`Checkpoints.restore_latest` says which step is damaged,
+moves it aside (renamed ``damaged-<step>[-n]``, kept for inspection, never
+deleted) and falls back to the previous good step, or to no step at all (the
+caller then trains that phase again).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import sys
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
+
+import dualoptim_jax
+
+
+def _warn(message: str) -> None:
+  print(message, file=sys.stderr)
 
 
 class Checkpoints:
-  """A step-indexed checkpoint directory.
+  """A step-indexed checkpoint directory (the step is the epoch).
 
   Args:
-    directory: where the steps live (created if missing).
-    max_to_keep: how many steps to keep.
+    directory: where the steps live (created on the first save).
+    max_to_keep: how many most recent steps to keep.
+    warn: where to report damaged steps (default: one line on stderr).
+
+  Example:
+    >>> import tempfile, jax.numpy as jnp, optax
+    >>> params = {"w": jnp.ones(3)}
+    >>> tx = optax.adam(1e-3)
+    >>> ckpt = Checkpoints(tempfile.mkdtemp())
+    >>> ckpt.save(4, params, tx.init(params))
+    >>> _, _, step = ckpt.restore_latest(params, tx.init(params))
+    >>> step
+    4
   """
 
-  def __init__(self, directory: pathlib.Path, max_to_keep: int = 2):
-    directory = pathlib.Path(directory).absolute()
-    directory.mkdir(parents=True, exist_ok=True)
-    self.manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
-    )
+  def __init__(
+    self,
+    directory: pathlib.Path | str,
+    max_to_keep: int = 2,
+    warn: Callable[[str], None] = _warn,
+  ):
+    self.directory = pathlib.Path(directory).absolute()
+    self.max_to_keep, self.warn = max_to_keep, warn
+
+  def steps(self) -> list[int]:
+    """The complete steps on disk, oldest first."""
+    return dualoptim_jax.checkpoint_steps(self.directory)
 
   def latest(self) -> int | None:
-    """The latest saved step, or None."""
-    return self.manager.latest_step()
+    """The latest complete step, or None (not checked for damage: see :meth:`restore_latest`)."""
+    steps = self.steps()
+    return steps[-1] if steps else None
 
-  def save(self, step: int, params, opt_state, meta: dict) -> None:
-    """Saves a step and waits until it is on disk."""
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        params=ocp.args.StandardSave(params),
-        opt_state=ocp.args.StandardSave(opt_state),
-        meta=ocp.args.JsonSave(meta),
-      ),
+  def save(self, step: int, params, opt_state) -> None:
+    """Writes ``step`` (an existing step is refused by the library, never overwritten)."""
+    dualoptim_jax.save_checkpoint(
+      self.directory, step, params, opt_state, max_to_keep=self.max_to_keep
     )
-    self.manager.wait_until_finished()
 
-  def restore(self, step: int, params_like, opt_state_like):
-    """Restores ``(params, opt_state, meta)`` with the structure of the ``*_like`` trees."""
-    abstract = lambda t: jax.tree.map(ocp.utils.to_shape_dtype_struct, t)
-    out = self.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(abstract(params_like)),
-        opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
-        meta=ocp.args.JsonRestore(),
-      ),
-    )
-    # Restored arrays come back committed to a device; jit keys its cache on
-    # that, so hand back plain (uncommitted) arrays like freshly built ones, or
-    # the first step after a restore would compile twice.
-    fresh = lambda t: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), t)
-    return fresh(out.params), fresh(out.opt_state), out.meta
+  def restore_latest(self, params_like, opt_state_like):
+    """``(params, opt_state, step)`` of the latest undamaged step, or None if there is none.
 
-  def close(self) -> None:
-    """Releases the manager's resources."""
-    self.manager.close()
+    Damaged steps on the way are reported, moved aside and skipped.
+    """
+    for step in reversed(self.steps()):
+      try:
+        params, opt_state, step = dualoptim_jax.restore_checkpoint(
+          self.directory, params_like, opt_state_like, step=step
+        )
+      except dualoptim_jax.CheckpointError as e:
+        moved = self._set_aside(step)
+        earlier = [s for s in self.steps() if s < step]
+        then = f"falling back to step {earlier[-1]}" if earlier else "no earlier step: retraining"
+        reason = str(e).split(" (")[0].split(": checksum")[0].rstrip(".")
+        self.warn(f"[checkpoint] {reason}; moved it to {moved.name} and {then}")
+        continue
+      # Restored arrays come back committed to a device; jit keys its cache on
+      # that, so hand back plain (uncommitted) arrays like freshly built ones, or
+      # the first step after a restore would compile twice.
+      fresh = lambda t: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), t)
+      return fresh(params), fresh(opt_state), step
+    return None
+
+  def _set_aside(self, step: int) -> pathlib.Path:
+    target = self.directory / f"damaged-{step}"
+    n = 1
+    while target.exists():
+      n += 1
+      target = self.directory / f"damaged-{step}-{n}"
+    (self.directory / str(step)).rename(target)
+    return target
+
+
+def set_aside(path: pathlib.Path) -> pathlib.Path:
+  """Renames a damaged cache file to ``<name>.damaged[-n]`` (kept, never deleted)."""
+  target = path.with_name(path.name + ".damaged")
+  n = 1
+  while target.exists():
+    n += 1
+    target = path.with_name(f"{path.name}.damaged-{n}")
+  path.rename(target)
+  return target
+
+
+def write_json(path: pathlib.Path, record) -> None:
+  """Writes JSON atomically (a temporary file renamed into place): a killed job leaves the
+  old file or the new one, never half of one.
+
+  Example:
+    >>> import pathlib, tempfile
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "run.json"
+    >>> write_json(p, {"a": 1}); read_json(p)
+    {'a': 1}
+  """
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(record))
+  os.replace(tmp, path)
+
+
+def read_json(path: pathlib.Path, warn: Callable[[str], None] = _warn):
+  """The record in ``path``; None if it is missing, or damaged (then reported and set aside)."""
+  if not path.is_file():
+    return None
+  try:
+    record = json.loads(path.read_text())
+    if not isinstance(record, dict):
+      raise ValueError("not a JSON object")
+  except (ValueError, UnicodeDecodeError) as e:
+    moved = set_aside(path)
+    warn(f"[cache] {path} is damaged ({e}); moved it to {moved.name}; running it again")
+    return None
+  return record

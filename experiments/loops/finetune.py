@@ -105,12 +105,11 @@ def fine_tune(
   opt_state = tx.init(params)
   ckpt = Checkpoints(ckpt_dir)
   start = 0
-  if ckpt.latest() is not None:
-    params, opt_state, meta = ckpt.restore(ckpt.latest(), params, opt_state)
-    start = int(meta["epoch"])
+  restored = ckpt.restore_latest(params, opt_state)  # damaged steps are reported and skipped
+  if restored is not None:
+    params, opt_state, start = restored  # the step is the number of finished epochs
   history: list[float] = []
   if start >= cfg.epochs:
-    ckpt.close()
     return params, history
 
   pairs = [(q.question, q.answer) for q in data]
@@ -132,6 +131,5 @@ def fine_tune(
     history.append(float(np.mean(jax.device_get(epoch_losses))))
     bar.set_postfix(loss=f"{history[-1]:.3f}")
     if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
-      ckpt.save(epoch + 1, params, opt_state, {"epoch": epoch + 1, "loss": history[-1]})
-  ckpt.close()
+      ckpt.save(epoch + 1, params, opt_state)
   return params, history
