@@ -1,6 +1,7 @@
 """HF-format checkpoints (llama, qwen2, qwen3, phi, gemma) in Flax NNX: the public names.
 
 Example:
+  >>> import jax.numpy as jnp
   >>> from experiments import hf
   >>> model = hf.load_model("../shared/data/hf_tiny/llama")  # doctest: +SKIP
   >>> tok = hf.load_tokenizer("../shared/data/hf_tiny/llama")  # doctest: +SKIP

@@ -220,10 +220,13 @@ def test_tied_checkpoint_may_carry_a_copy_of_the_embedding(tmp_path):
   assert_same_params(hf.load_model(folder), hf.load_model(HF_TINY / "gemma"))
 
 
-def test_mesh_without_data_or_model_axes_is_refused():
+def test_mesh_without_data_or_model_axes_or_with_explicit_axes_is_refused():
   mesh = jax.make_mesh((2,), ("x",), axis_types=(jax.sharding.AxisType.Auto,))
   with pytest.raises(ValueError, match="neither 'data' nor 'model'"):
     hf.load_model(HF_TINY / "gemma", mesh=mesh)
+  explicit = jax.make_mesh((4, 2), ("data", "model"), devices=jax.devices()[:8])
+  with pytest.raises(ValueError, match="not all Auto"):
+    hf.load_model(HF_TINY / "gemma", mesh=explicit)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@
 - ``safetensors_io``: reading (single or sharded, streamed) and writing safetensors files.
 - ``sharding``: logical axis rules -> mesh placement.
 - ``loading``: ``load_model`` / ``save_model``; ``lora``: adapters; ``generate``: greedy decoding.
+- ``step_time``: ``python -m experiments.models.hf.step_time`` times a training step.
 
 The public names live in :mod:`experiments.hf`.
 """

@@ -66,6 +66,17 @@ def variable_sharding(variable: nnx.Variable, mesh: jax.sharding.Mesh | None):
 
 
 def check_mesh(mesh: jax.sharding.Mesh | None) -> None:
-  """Raises ``ValueError`` unless ``mesh`` is None or has a ``data`` or ``model`` axis."""
-  if mesh is not None and not {"data", "model"} & set(mesh.axis_names):
+  """Raises ``ValueError`` unless ``mesh`` is None or an Auto mesh with ``data``/``model`` axes.
+
+  Explicit axes (``jax.make_mesh``'s default) would need an output sharding on every gather and
+  einsum of the model; the compiler places activations by itself on Auto axes.
+  """
+  if mesh is None:
+    return
+  if not {"data", "model"} & set(mesh.axis_names):
     raise ValueError(f"mesh axes {mesh.axis_names} name neither 'data' nor 'model'")
+  if any(t != jax.sharding.AxisType.Auto for t in mesh.axis_types):
+    raise ValueError(
+      f"mesh axis types {mesh.axis_types} are not all Auto: build the mesh with "
+      "make_mesh(data, model) or jax.make_mesh(..., axis_types=(AxisType.Auto,) * 2)"
+    )
