@@ -53,6 +53,7 @@ def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> Cau
     FileNotFoundError: no such folder, or no ``config.json`` in it.
     CheckpointError: unsupported ``model_type``; missing, unexpected or wrong-shaped tensors;
       an unreadable or truncated safetensors file. The message names the key or file.
+    ValueError: a mesh without ``data``/``model`` axes or with Explicit axis types.
 
   Example:
     >>> import jax.numpy as jnp
