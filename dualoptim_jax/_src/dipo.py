@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from dualoptim_jax._src import unlearning_common as common
 
 
-def dipo_pair(ref_logits: jax.Array, *, gamma, top_k: int) -> tuple[jax.Array, jax.Array]:
+def dipo_pair(
+  ref_logits: jax.Array, *, gamma: ArrayLike, top_k: int
+) -> tuple[jax.Array, jax.Array]:
   """The preferred and dispreferred next-token distributions built from reference logits.
 
   ``S_t`` = the ``top_k`` largest entries of ``z_t``;
@@ -44,9 +47,9 @@ def dipo_pair(ref_logits: jax.Array, *, gamma, top_k: int) -> tuple[jax.Array, j
 
 
 def dipo_loss(
-  logits,
-  ref_logits,
-  mask,
+  logits: ArrayLike,
+  ref_logits: ArrayLike,
+  mask: ArrayLike,
   *,
   beta: float = 0.1,
   gamma: float = 3.0,

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.stats
+from jax.typing import ArrayLike
 
 from dualoptim_jax._src import unlearning_common as common
 
@@ -42,7 +43,7 @@ def _mean_of_lowest(values: jax.Array, mask: jax.Array, k: float) -> jax.Array:
   return jnp.where(n > 0, total / m.astype(jnp.float32), jnp.float32(jnp.nan))
 
 
-def _inputs(logits, targets, mask):
+def _inputs(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike):
   logits, targets = common.as_array("logits", logits), common.as_array("targets", targets)
   mask = common.as_array("mask", mask)
   common.check_token_inputs(logits, targets, mask)
@@ -51,7 +52,9 @@ def _inputs(logits, targets, mask):
   return logp, jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0], mask
 
 
-def min_k_scores(logits, targets, mask, *, k: float = 0.4) -> jax.Array:
+def min_k_scores(
+  logits: ArrayLike, targets: ArrayLike, mask: ArrayLike, *, k: float = 0.4
+) -> jax.Array:
   """Min-K% Prob (Shi et al., 2024): mean of the lowest token log-probs of each row.
 
   ``score_b = mean of the lowest max(1, floor(k n_b)) values of {log p(targets_bt) : mask_bt}``,
@@ -80,7 +83,9 @@ def min_k_scores(logits, targets, mask, *, k: float = 0.4) -> jax.Array:
   return _mean_of_lowest(token_logp, mask, k)
 
 
-def min_k_plus_plus_scores(logits, targets, mask, *, k: float = 0.4) -> jax.Array:
+def min_k_plus_plus_scores(
+  logits: ArrayLike, targets: ArrayLike, mask: ArrayLike, *, k: float = 0.4
+) -> jax.Array:
   """Min-K%++ (Zhang et al., 2024): Min-K% over log-probs standardised per position.
 
   ``s_bt = (log p(targets_bt) - mu_bt) / sigma_bt`` with ``mu_bt = sum_v p_v log p_v`` and
@@ -114,7 +119,7 @@ def _scores(name: str, x) -> np.ndarray:
   return a
 
 
-def mia_auc(member_scores, nonmember_scores) -> float:
+def mia_auc(member_scores: ArrayLike, nonmember_scores: ArrayLike) -> float:
   """ROC AUC of separating members from non-members by score (ties count 1/2).
 
   ``AUC = P(s_member > s_nonmember) + P(s_member = s_nonmember) / 2`` over all pairs,
@@ -140,7 +145,7 @@ def mia_auc(member_scores, nonmember_scores) -> float:
   return float(u / (pos.size * neg.size))
 
 
-def privleak(auc, retrained_auc):
+def privleak(auc: ArrayLike, retrained_auc: ArrayLike) -> ArrayLike:
   """PrivLeak (MUSE): relative AUC gap to the retrained model, in percent.
 
   ``privleak = 100 (auc - retrained_auc) / retrained_auc``: near 0 is the goal; strongly

@@ -5,11 +5,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import ArrayLike
 
 from dualoptim_jax._src import unlearning_common as common
 
 
-def ppo_policy_loss(logp, old_logp, advantages, mask, *, clip_eps: float = 0.2) -> jax.Array:
+def ppo_policy_loss(
+  logp: ArrayLike,
+  old_logp: ArrayLike,
+  advantages: ArrayLike,
+  mask: ArrayLike,
+  *,
+  clip_eps: float = 0.2,
+) -> jax.Array:
   """PPO's clipped surrogate (Schulman et al., 2017) on token log-probs, to minimise.
 
   ``r_bt = exp(logp_bt - old_logp_bt)``;
@@ -64,7 +72,14 @@ def ppo_policy_loss(logp, old_logp, advantages, mask, *, clip_eps: float = 0.2) 
   return -common.masked_mean(jnp.minimum(ratio * adv, clipped * adv), mask)
 
 
-def tug_of_war(forget_u, forget_rt, retain_u, retain_rt, test_u, test_rt) -> jax.Array:
+def tug_of_war(
+  forget_u: ArrayLike,
+  forget_rt: ArrayLike,
+  retain_u: ArrayLike,
+  retain_rt: ArrayLike,
+  test_u: ArrayLike,
+  test_rt: ArrayLike,
+) -> jax.Array:
   """Tug-of-War (Zhao et al., NeurIPS 2024, "RUM"): closeness to the retrained model on 3 splits.
 
   ``ToW = (1 - |M_f(u) - M_f(rt)|) (1 - |M_r(u) - M_r(rt)|) (1 - |M_t(u) - M_t(rt)|)``, each

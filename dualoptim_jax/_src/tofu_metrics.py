@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import scipy.stats
+from jax.typing import ArrayLike
 
 UTILITY_SETS = ("retain", "real_authors", "world_facts")
 UTILITY_KEYS = ("prob", "rouge", "tr")
@@ -39,7 +40,7 @@ def _per_question_options(name: str, x, n: int) -> np.ndarray:
   return a
 
 
-def probability(avg_logp) -> float:
+def probability(avg_logp: ArrayLike) -> float:
   """Mean length-normalised answer probability ``mean_i exp(avg_logp_i)`` (retain, forget sets).
 
   Example:
@@ -51,7 +52,7 @@ def probability(avg_logp) -> float:
   return float(np.mean(np.exp(_vector("avg_logp", avg_logp))))
 
 
-def probability_with_options(true_logp, wrong_logp) -> float:
+def probability_with_options(true_logp: ArrayLike, wrong_logp: ArrayLike) -> float:
   """Probability of the true answer among the options (real authors, world facts).
 
   ``mean_i P(true_i) / (P(true_i) + sum_j P(wrong_ij) + 1e-10)`` with ``P = exp(avg_logp)``.
@@ -71,7 +72,7 @@ def probability_with_options(true_logp, wrong_logp) -> float:
   return float(np.mean(p_true / (p_true + p_wrong + 1e-10)))
 
 
-def truth_ratios(para_logp, perturbed_logp) -> np.ndarray:
+def truth_ratios(para_logp: ArrayLike, perturbed_logp: ArrayLike) -> np.ndarray:
   """Per-question truth ratio ``R_i = GM_j P(perturbed_ij) / P(paraphrase_i)``.
 
   ``R_i = exp(mean_j perturbed_logp_ij - para_logp_i)``.
@@ -95,7 +96,7 @@ def truth_ratios(para_logp, perturbed_logp) -> np.ndarray:
   return np.exp(pert.mean(axis=1) - para)
 
 
-def truth_ratio_forget(r) -> float:
+def truth_ratio_forget(r: ArrayLike) -> float:
   """Forget-set truth-ratio score ``mean_i min(R_i, 1/R_i)`` (1 = cannot tell true from false).
 
   Example:
@@ -107,7 +108,7 @@ def truth_ratio_forget(r) -> float:
   return float(np.mean(np.minimum(r, 1.0 / r)))
 
 
-def truth_ratio_retain(r) -> float:
+def truth_ratio_retain(r: ArrayLike) -> float:
   """Retain-like truth-ratio score ``mean_i max(0, 1 - R_i)`` (1 = true answer far likelier).
 
   Example:
@@ -118,7 +119,7 @@ def truth_ratio_retain(r) -> float:
   return float(np.mean(np.maximum(0.0, 1.0 - _vector("r", r))))
 
 
-def forget_quality(r_model, r_oracle) -> float:
+def forget_quality(r_model: ArrayLike, r_oracle: ArrayLike) -> float:
   """Forget Quality: two-sample KS-test p-value between forget-set truth ratios.
 
   ``FQ = p-value of KS(R_model, R_oracle)`` (scipy's ``ks_2samp``, exact for small

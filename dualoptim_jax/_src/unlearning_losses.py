@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from dualoptim_jax._src import unlearning_common as common
 
@@ -27,7 +28,7 @@ def _gather(logp: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
 
 
-def token_log_probs(logits, targets) -> jax.Array:
+def token_log_probs(logits: ArrayLike, targets: ArrayLike) -> jax.Array:
   """Log-probability of each target token: ``log softmax(logits[b, t])[targets[b, t]]``.
 
   Args:
@@ -50,7 +51,7 @@ def token_log_probs(logits, targets) -> jax.Array:
   return _gather(_log_softmax(logits), targets)
 
 
-def sequence_log_probs(logits, targets, mask) -> jax.Array:
+def sequence_log_probs(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Array:
   """Summed log-probability of the masked tokens of each row: ``sum_t mask_t log p(targets_t)``.
 
   Args:
@@ -75,7 +76,7 @@ def sequence_log_probs(logits, targets, mask) -> jax.Array:
   return common.masked_sum(_gather(_log_softmax(logits), targets), mask, axis=-1)
 
 
-def gradient_ascent_loss(logits, targets, mask) -> jax.Array:
+def gradient_ascent_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Array:
   """Gradient ascent (GA): the masked mean token log-probability, to minimise.
 
   ``loss = sum_{b,t} mask_{bt} log p(targets_{bt}) / sum_{b,t} mask_{bt}`` (0 for an empty
@@ -95,7 +96,7 @@ def gradient_ascent_loss(logits, targets, mask) -> jax.Array:
   return common.masked_mean(_gather(_log_softmax(logits), targets), mask)
 
 
-def nll_loss(logits, targets, mask) -> jax.Array:
+def nll_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Array:
   """Mean token negative log-likelihood over the masked tokens (GD on retain, IDK on refusals).
 
   ``loss = -sum_{b,t} mask_{bt} log p(targets_{bt}) / sum_{b,t} mask_{bt}`` (HF's mean
@@ -117,7 +118,7 @@ def _sequence_inputs(**arrays) -> dict[str, jax.Array]:
   return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
-def npo_loss(logp, ref_logp, *, beta: float = 0.1) -> jax.Array:
+def npo_loss(logp: ArrayLike, ref_logp: ArrayLike, *, beta: float = 0.1) -> jax.Array:
   """Negative Preference Optimization (Zhang et al., 2024) on forget sequences.
 
   ``loss = -(2/beta) mean_b log sigmoid(beta (ref_logp_b - logp_b))``: log 2 at the
@@ -141,7 +142,9 @@ def npo_loss(logp, ref_logp, *, beta: float = 0.1) -> jax.Array:
   return -(2.0 / beta) * jnp.mean(jax.nn.log_sigmoid(beta * margin))
 
 
-def simnpo_loss(logp, lengths, *, beta: float = 2.5, gamma: float = 0.0) -> jax.Array:
+def simnpo_loss(
+  logp: ArrayLike, lengths: ArrayLike, *, beta: float = 2.5, gamma: float = 0.0
+) -> jax.Array:
   """SimNPO (Fan et al., 2024): NPO without a reference, on length-normalised log-probs.
 
   ``loss = -(2/beta) mean_b log sigmoid(-beta logp_b / lengths_b - gamma)``.
@@ -165,7 +168,12 @@ def simnpo_loss(logp, lengths, *, beta: float = 2.5, gamma: float = 0.0) -> jax.
 
 
 def dpo_loss(
-  logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, *, beta: float = 0.1
+  logp_chosen: ArrayLike,
+  logp_rejected: ArrayLike,
+  ref_logp_chosen: ArrayLike,
+  ref_logp_rejected: ArrayLike,
+  *,
+  beta: float = 0.1,
 ) -> jax.Array:
   """Direct Preference Optimization (Rafailov et al., 2023); IdkDPO prefers a refusal.
 
@@ -193,7 +201,9 @@ def dpo_loss(
   return -(2.0 / beta) * jnp.mean(jax.nn.log_sigmoid(beta * margin))
 
 
-def answer_preservation_loss(logp_answer, logp_idk, *, beta: float = 0.1) -> jax.Array:
+def answer_preservation_loss(
+  logp_answer: ArrayLike, logp_idk: ArrayLike, *, beta: float = 0.1
+) -> jax.Array:
   """Answer preservation (AP) on retain data: keep the answer likelier than a refusal.
 
   ``loss = -(1/beta) mean_b log sigmoid(beta (logp_answer_b - logp_idk_b))`` (the
@@ -211,7 +221,7 @@ def answer_preservation_loss(logp_answer, logp_idk, *, beta: float = 0.1) -> jax
   return -(1.0 / beta) * jnp.mean(jax.nn.log_sigmoid(beta * (a["logp_answer"] - a["logp_idk"])))
 
 
-def maximum_entropy_loss(logits, mask) -> jax.Array:
+def maximum_entropy_loss(logits: ArrayLike, mask: ArrayLike) -> jax.Array:
   """Maximum entropy (ME): masked mean over positions of ``KL(uniform || softmax(z_t))``.
 
   ``KL_t = -log V - (1/V) sum_v log p_v(z_t)`` (0 iff the next-token distribution is
@@ -231,7 +241,7 @@ def maximum_entropy_loss(logits, mask) -> jax.Array:
   return common.masked_mean(kl, mask)
 
 
-def kl_loss(logits, ref_logits, mask) -> jax.Array:
+def kl_loss(logits: ArrayLike, ref_logits: ArrayLike, mask: ArrayLike) -> jax.Array:
   """Token KL to a frozen reference: masked mean over positions of ``KL(p_ref || p_theta)``.
 
   ``KL_t = sum_v p_ref(v|t) (log p_ref(v|t) - log p_theta(v|t))``;
