@@ -24,6 +24,10 @@ def test_schedule(lengths, expected):
   assert got == expected
   traced = jax.jit(lambda k: do.scheduled_objective(k, lengths))
   assert [int(traced(jnp.int32(k))) for k in range(8)] == expected
+  # Traced run lengths too (one program for any lengths: optax.inject_hyperparams).
+  traced_lengths = jax.jit(lambda k, n: do.scheduled_objective(k, tuple(n)))
+  n = jnp.asarray(lengths, jnp.int32)
+  assert [int(traced_lengths(jnp.int32(k), n)) for k in range(8)] == expected
 
 
 def test_only_active_delta_changes():
@@ -143,9 +147,22 @@ def test_mismatched_grad_tree_raises(factory):
     tx.update({"w": jnp.ones(3), "b": jnp.ones(3)}, state, params)
 
 
-def test_inject_hyperparams_without_static_args_explains():
-  with pytest.raises(TypeError, match="static_args"):
-    optax.inject_hyperparams(do.dualoptim_plus)(learning_rate=1e-3).init({"w": jnp.ones(2)})
+def test_run_lengths_may_be_arrays_and_are_checked_when_concrete():
+  """Arrays as run lengths (optax.inject_hyperparams passes them so); traced: tests/test_inject*."""
+  tx = do.scale_by_dualoptim_plus(forget_steps=jnp.int32(1), retain_steps=jnp.int32(2))
+  params = {"w": jnp.ones(2)}
+  state = tx.init(params)
+  for _ in range(3):
+    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+  np.testing.assert_array_equal(state.objective_counts, [1, 2])
+  with pytest.raises(ValueError, match="non-negative"):
+    do.dualoptim_plus(1e-3, forget_steps=jnp.int32(-1))
+  with pytest.raises(ValueError, match="empty"):
+    do.dualoptim_plus(1e-3, run_lengths=(jnp.int32(0), 0))
+  with pytest.raises(TypeError, match="integer scalar"):
+    do.dualoptim_plus(1e-3, forget_steps=jnp.float32(1.0))
+  with pytest.raises(TypeError, match="integer scalar"):
+    do.dualoptim_plus(1e-3, run_lengths=(jnp.array([1, 2]), 1))
 
 
 def hazard_gradients(n=4096, steps=12, seed=0):

@@ -17,6 +17,8 @@ OPTIMIZERS = {
   "dualoptim": lambda: do.dualoptim(1e-3, weight_decay=0.1),
   # Per-shard last-axis length 2048 / 4 = 512: block_size 256 divides it.
   "dualoptim_plus_8bit": lambda: do.dualoptim_plus_8bit(1e-3, min_8bit_size=1024),
+  # MaskedNode where a partition holds no state ("b" and "s" are not matrices).
+  "dualoptim_plus_muon": lambda: do.dualoptim_plus_muon(1e-3, weight_decay=0.1),
 }
 
 

@@ -57,6 +57,12 @@ def dualoptim_plus(
   ``RETAIN``) by default; ``run_lengths=(n_0, ..., n_{K-1})`` gives K, each
   with its own delta moments and learning rate.
 
+  Works under ``optax.inject_hyperparams`` with its defaults: every numeric
+  argument becomes an injectable hyperparameter, ``forget_steps`` and
+  ``retain_steps`` included (the schedule is integer arithmetic on the step
+  count, so run lengths may be traced); ``run_lengths`` and
+  ``objective_learning_rates`` are sequences, which it keeps static.
+
   Args:
     learning_rate: the learning rate (float or optax schedule, evaluated at the
       global step count): the retain rate, and every objective's by default.
@@ -144,6 +150,12 @@ def dualoptim(
   nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """DualOptim (one Adam state per objective) with decoupled weight decay.
+
+  Works under ``optax.inject_hyperparams`` with its defaults: every numeric
+  argument becomes an injectable hyperparameter, ``forget_steps`` and
+  ``retain_steps`` included (the schedule is integer arithmetic on the step
+  count, so run lengths may be traced); ``run_lengths`` and
+  ``objective_learning_rates`` are sequences, which it keeps static.
 
   Args:
     learning_rate: the learning rate (float or schedule): the retain rate, and

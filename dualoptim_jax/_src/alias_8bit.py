@@ -30,8 +30,8 @@ def dualoptim_plus_8bit(
   retain_steps: int = 1,
   run_lengths: Sequence[int] | None = None,
   bounded: bool = False,
-  block_size: int = 256,
-  min_8bit_size: int = 4096,
+  block_size: int | None = None,
+  min_8bit_size: int | None = None,
   quantize_base: bool = True,
   quantize_delta: bool = True,
   keep_fp32: KeepFp32 = None,
@@ -43,6 +43,16 @@ def dualoptim_plus_8bit(
   blockwise along each leaf's last axis (codes keep the parameter's shape, so
   the state shards like the parameters). About ``6 + 24 / block_size`` state
   bytes per parameter instead of 24.
+
+  Works under ``optax.inject_hyperparams`` with its defaults: every numeric
+  argument becomes an injectable hyperparameter, ``forget_steps`` and
+  ``retain_steps`` included (the schedule is integer arithmetic on the step
+  count, so run lengths may be traced); ``run_lengths`` and
+  ``objective_learning_rates`` are sequences, which it keeps static.
+  ``block_size`` and ``min_8bit_size`` shape the state, so they are static:
+  their None defaults stay out of ``optax.inject_hyperparams``; passed
+  explicitly through it, list them in ``static_args`` (an array raises a
+  ``TypeError`` that says so).
 
   Args:
     learning_rate: the retain learning rate (float or optax schedule).
@@ -59,8 +69,9 @@ def dualoptim_plus_8bit(
     run_lengths: one run length per objective (K = its length); overrides
       ``forget_steps``/``retain_steps``.
     bounded: floor the second moment at ``m**2`` so ``|update| <= lr_o`` (opt-in).
-    block_size: quantization block along the last axis (static).
-    min_8bit_size: leaves with fewer elements keep float32 moments (static).
+    block_size: quantization block along the last axis (default 256; static).
+    min_8bit_size: leaves with fewer elements keep float32 moments (default
+      4096; static).
     quantize_base: store the base moments in 8 bits.
     quantize_delta: store the delta moments in 8 bits.
     keep_fp32: leaves to keep in float32, e.g. embeddings: a predicate
@@ -108,11 +119,21 @@ def dualoptim_8bit(
   forget_steps: int = 1,
   retain_steps: int = 1,
   run_lengths: Sequence[int] | None = None,
-  block_size: int = 256,
-  min_8bit_size: int = 4096,
+  block_size: int | None = None,
+  min_8bit_size: int | None = None,
   keep_fp32: KeepFp32 = None,
 ) -> optax.GradientTransformationExtraArgs:
   """DualOptim (one Adam state per objective) with 8-bit moments and decoupled weight decay.
+
+  Works under ``optax.inject_hyperparams`` with its defaults: every numeric
+  argument becomes an injectable hyperparameter, ``forget_steps`` and
+  ``retain_steps`` included (the schedule is integer arithmetic on the step
+  count, so run lengths may be traced); ``run_lengths`` and
+  ``objective_learning_rates`` are sequences, which it keeps static.
+  ``block_size`` and ``min_8bit_size`` shape the state, so they are static:
+  their None defaults stay out of ``optax.inject_hyperparams``; passed
+  explicitly through it, list them in ``static_args`` (an array raises a
+  ``TypeError`` that says so).
 
   Args:
     learning_rate: the retain learning rate (float or schedule).
@@ -127,8 +148,9 @@ def dualoptim_8bit(
     forget_steps, retain_steps: the alternation schedule.
     run_lengths: one run length per objective (K = its length); overrides
       ``forget_steps``/``retain_steps``.
-    block_size: quantization block along the last axis (static).
-    min_8bit_size: leaves with fewer elements keep float32 moments (static).
+    block_size: quantization block along the last axis (default 256; static).
+    min_8bit_size: leaves with fewer elements keep float32 moments (default
+      4096; static).
     keep_fp32: leaves to keep in float32 (predicate or path substrings).
 
   Returns:
@@ -163,8 +185,8 @@ def adamw_8bit(
   eps: float = 1e-8,
   weight_decay: optax.ScalarOrSchedule = 1e-4,
   mask: Any = None,
-  block_size: int = 256,
-  min_8bit_size: int = 4096,
+  block_size: int | None = None,
+  min_8bit_size: int | None = None,
   keep_fp32: KeepFp32 = None,
 ) -> optax.GradientTransformationExtraArgs:
   """AdamW with 8-bit blockwise moments, built from the same parts (a baseline).
@@ -174,14 +196,20 @@ def adamw_8bit(
   ``objective=`` passed to ``update`` is ignored, so it drops into an
   unlearning loop written for :func:`dualoptim_plus_8bit`.
 
+  Works under ``optax.inject_hyperparams`` with its defaults. ``block_size``
+  and ``min_8bit_size`` shape the state, so they are static: their None
+  defaults stay out of ``optax.inject_hyperparams``; passed explicitly through
+  it, list them in ``static_args`` (an array raises a ``TypeError`` that says so).
+
   Args:
     learning_rate: learning rate (float or schedule).
     b1, b2: Adam decays.
     eps: denominator epsilon.
     weight_decay: decoupled weight decay.
     mask: optional weight-decay mask.
-    block_size: quantization block along the last axis (static).
-    min_8bit_size: leaves with fewer elements keep float32 moments (static).
+    block_size: quantization block along the last axis (default 256; static).
+    min_8bit_size: leaves with fewer elements keep float32 moments (default
+      4096; static).
     keep_fp32: leaves to keep in float32 (predicate or path substrings).
 
   Returns:

@@ -45,7 +45,7 @@ def dualoptim_plus_muon(
   beta: float = 0.95,
   base_beta: float = 0.95,
   ns_coeffs: NsCoeffs = optax_muon._DEFAULT_NS_COEFFS,
-  ns_steps: int = 5,
+  ns_steps: int | None = None,
   eps: float = 1e-8,
   weight_decay: optax.ScalarOrSchedule = 0.0,
   mask: Any = None,
@@ -87,6 +87,14 @@ def dualoptim_plus_muon(
   they mean for :func:`dualoptim_plus`. ``consistent_rms=None`` gives Keller
   Jordan's width scaling ``sqrt(max(1, fan_out / fan_in))``.
 
+  Works under ``optax.inject_hyperparams`` with its defaults: every numeric
+  argument becomes an injectable hyperparameter, ``forget_steps`` and
+  ``retain_steps`` included (the schedule is integer arithmetic on the step
+  count, so run lengths may be traced); ``run_lengths`` and
+  ``objective_learning_rates`` are sequences, which it keeps static.
+  ``ns_steps`` shapes the program: its None default (5) stays static; passed
+  explicitly through ``optax.inject_hyperparams``, list it in ``static_args``.
+
   Args:
     learning_rate: the retain learning rate (float or schedule).
     forget_learning_rate: the forget learning rate (two objectives); defaults
@@ -96,7 +104,7 @@ def dualoptim_plus_muon(
     beta: delta-momentum decay of the matrix leaves.
     base_beta: base-momentum decay of the matrix leaves (1 disables the base).
     ns_coeffs: Newton-Schulz coefficients or an optax preset name.
-    ns_steps: Newton-Schulz iterations.
+    ns_steps: Newton-Schulz iterations (default 5; static).
     eps: Newton-Schulz normalisation epsilon, and the other leaves' denominator
       epsilon (one ``eps`` for both, as in ``optax.contrib.muon``).
     weight_decay: decoupled weight decay of the matrix leaves (and of the

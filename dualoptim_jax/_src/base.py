@@ -18,46 +18,76 @@ RETAIN = 1
 ObjectiveLike = int | jax.Array | None
 
 
+RunLength = int | jax.Array
+"""A run length: a Python int, or an integer scalar array (traced is fine)."""
+
+
 def run_lengths_from(
-  forget_steps: int, retain_steps: int, run_lengths: Sequence[int] | None
-) -> tuple[int, ...]:
+  forget_steps: RunLength, retain_steps: RunLength, run_lengths: Sequence[RunLength] | None
+) -> tuple[RunLength, ...]:
   """Returns the per-objective run lengths, validated.
 
   ``run_lengths`` (one entry per objective) wins over the two-objective
-  ``forget_steps``/``retain_steps`` pair when given.
+  ``forget_steps``/``retain_steps`` pair when given. Entries may be integer
+  scalar arrays, traced or not (``optax.inject_hyperparams`` passes them so):
+  the schedule is arithmetic on the step count. The number of entries (the
+  number of objectives) shapes the state and is always static. Concrete values
+  are checked here; traced ones cannot be.
+
+  Example:
+    >>> run_lengths_from(1, 5, None)
+    (1, 5)
+    >>> run_lengths_from(1, 5, (2, 2, 2))
+    (2, 2, 2)
   """
   lengths = (forget_steps, retain_steps) if run_lengths is None else tuple(run_lengths)
-  if any(isinstance(n, jax.Array | np.ndarray) for n in lengths):
-    raise TypeError(
-      "forget_steps/retain_steps/run_lengths shape the program and must be Python ints, "
-      f"got {lengths}. With optax.inject_hyperparams, pass "
-      "static_args=('forget_steps', 'retain_steps')."
-    )
   if len(lengths) < 1:
     raise ValueError("run_lengths must name at least one objective.")
+  out = []
   for n in lengths:
-    if not isinstance(n, numbers.Integral) or n < 0:
-      raise ValueError(f"Run lengths must be non-negative Python ints, got {lengths}.")
-  if sum(lengths) == 0:
+    if isinstance(n, jax.Array | np.ndarray):
+      if n.shape != () or not jnp.issubdtype(n.dtype, jnp.integer):
+        raise TypeError(
+          f"A run length must be an integer scalar, got shape {n.shape} dtype {n.dtype}."
+        )
+      out.append(n if isinstance(n, jax.core.Tracer) else jnp.asarray(n, jnp.int32))
+    elif isinstance(n, numbers.Integral) and not isinstance(n, bool):
+      out.append(int(n))
+    else:
+      raise ValueError(f"Run lengths must be non-negative integers, got {lengths}.")
+  concrete = [int(n) for n in out if not isinstance(n, jax.core.Tracer)]
+  if any(n < 0 for n in concrete):
+    raise ValueError(f"Run lengths must be non-negative integers, got {_show(lengths)}.")
+  if len(concrete) == len(out) and sum(concrete) == 0:
     raise ValueError(
-      f"The alternation schedule is empty: run lengths {lengths} sum to 0 "
+      f"The alternation schedule is empty: run lengths {_show(lengths)} sum to 0 "
       "(forget_steps + retain_steps must be positive)."
     )
-  return tuple(int(n) for n in lengths)
+  return tuple(out)
+
+
+def _show(lengths: Sequence[Any]) -> tuple:
+  return tuple(n if isinstance(n, jax.core.Tracer) else int(n) for n in lengths)
 
 
 def objective_run_lengths(
-  num_objectives: int,
-  forget_steps: int,
-  retain_steps: int,
-  run_lengths: Sequence[int] | None,
-) -> tuple[int, ...]:
-  """The validated run lengths of a ``num_objectives``-objective transformation.
+  num_objectives: int | None,
+  forget_steps: RunLength,
+  retain_steps: RunLength,
+  run_lengths: Sequence[RunLength] | None,
+) -> tuple[RunLength, ...]:
+  """The validated run lengths of a transformation with ``num_objectives`` objectives.
+
+  ``num_objectives=None`` means ``len(run_lengths)`` (2 without them).
 
   Raises:
     ValueError: ``num_objectives != 2`` without ``run_lengths``, or a count mismatch.
+    TypeError: ``num_objectives`` given as an array (it shapes the state).
   """
   lengths = run_lengths_from(forget_steps, retain_steps, run_lengths)
+  if num_objectives is None:
+    return lengths
+  num_objectives = static_int("num_objectives", num_objectives)
   if run_lengths is None and num_objectives != 2:
     raise ValueError(
       f"num_objectives={num_objectives} needs run_lengths (one per objective); "
@@ -65,9 +95,38 @@ def objective_run_lengths(
     )
   if len(lengths) != num_objectives:
     raise ValueError(
-      f"run_lengths {lengths} has {len(lengths)} entries, expected {num_objectives}."
+      f"run_lengths {_show(lengths)} has {len(lengths)} entries, expected {num_objectives}."
     )
   return lengths
+
+
+def static_int(name: str, value: Any, default: int | None = None) -> int:
+  """``value`` as a Python int (``default`` when None), for arguments that shape the program.
+
+  Such arguments (``block_size``, ``min_8bit_size``, ``ns_steps``,
+  ``num_objectives``) default to None so that ``optax.inject_hyperparams``,
+  which turns every numeric argument into an array, leaves them alone.
+
+  Raises:
+    TypeError: ``value`` is an array (e.g. passed explicitly through
+      ``optax.inject_hyperparams``): the message names the argument and the
+      ``static_args`` fix.
+
+  Example:
+    >>> static_int("block_size", None, 256), static_int("block_size", 64)
+    (256, 64)
+  """
+  if value is None:
+    value = default
+  if isinstance(value, jax.Array | np.ndarray):
+    raise TypeError(
+      f"{name} shapes the compiled program and must be a Python int, got an array "
+      f"({value.dtype}{list(value.shape)}). optax.inject_hyperparams turns numeric "
+      f"arguments into arrays: pass static_args=({name!r},) (plus any other such argument)."
+    )
+  if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+    raise TypeError(f"{name} must be an int, got {value!r}.")
+  return int(value)
 
 
 def check_decays(eps: Any, **decays: Any) -> None:
@@ -77,25 +136,29 @@ def check_decays(eps: Any, **decays: Any) -> None:
   check_hyperparameter("eps", eps, low=0.0)
 
 
-def scheduled_objective(count: jax.Array, run_lengths: Sequence[int]) -> jax.Array:
+def scheduled_objective(count: jax.Array, run_lengths: Sequence[RunLength]) -> jax.Array:
   """The objective the built-in alternation assigns to 0-based step ``count``.
 
   Objective ``o`` runs for ``run_lengths[o]`` consecutive steps, in order, and
   the cycle repeats: with ``(1, 5)`` the pattern is F, R, R, R, R, R, F, ...
+  Run lengths may be traced integer scalars (the objective is then computed
+  in the program; the number of objectives is ``len(run_lengths)``).
 
   Example:
     >>> import jax.numpy as jnp
     >>> [int(scheduled_objective(jnp.int32(k), (1, 2))) for k in range(6)]
     [0, 1, 1, 0, 1, 1]
   """
-  cycle = sum(run_lengths)
-  r = jnp.asarray(count, jnp.int32) % jnp.int32(cycle)
+  lengths = [jnp.asarray(n, jnp.int32) for n in run_lengths]
+  # max(., 1): a traced all-zero schedule (which concrete values reject) must not divide by 0.
+  cycle = jnp.maximum(sum(lengths[1:], lengths[0]), jnp.int32(1))
+  r = jnp.asarray(count, jnp.int32) % cycle
   # Objective o owns the residues [start_o, start_o + run_lengths[o]); the
-  # objective index is the number of boundaries at or below r.
-  starts = np.cumsum(run_lengths)[:-1]
-  obj = jnp.int32(0)
-  for s in starts:
-    obj = obj + (r >= jnp.int32(s)).astype(jnp.int32)
+  # objective index is the number of run ends at or below r.
+  obj, end = jnp.int32(0), jnp.int32(0)
+  for n in lengths[:-1]:
+    end = end + n
+    obj = obj + (r >= end).astype(jnp.int32)
   return obj
 
 

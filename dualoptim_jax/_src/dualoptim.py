@@ -43,10 +43,10 @@ def scale_by_dualoptim(
   b2: float | jax.Array = 0.95,
   eps: float | jax.Array = 1e-8,
   *,
-  num_objectives: int = 2,
-  forget_steps: int = 1,
-  retain_steps: int = 1,
-  run_lengths: Sequence[int] | None = None,
+  num_objectives: int | None = None,
+  forget_steps: int | jax.Array = 1,
+  retain_steps: int | jax.Array = 1,
+  run_lengths: Sequence[int | jax.Array] | None = None,
   mu_dtype: Any | None = None,
   nu_dtype: Any | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -60,9 +60,12 @@ def scale_by_dualoptim(
   Args:
     b1, b2: Adam decays of every objective's moments.
     eps: added to the denominator.
-    num_objectives: number of objectives ``K``.
-    forget_steps, retain_steps: run lengths of the two-objective alternation.
-    run_lengths: per-objective run lengths (overrides the two above).
+    num_objectives: number of objectives ``K`` (default: ``len(run_lengths)``,
+      else 2; static).
+    forget_steps, retain_steps: run lengths of the two-objective alternation
+      (ints, or integer scalar arrays: traced values work, e.g. under
+      ``optax.inject_hyperparams``).
+    run_lengths: per-objective run lengths (overrides the two above; length K).
     mu_dtype, nu_dtype: storage dtypes of the moments (default: param dtype).
 
   Returns:
@@ -80,7 +83,7 @@ def scale_by_dualoptim(
   """
   lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
   base.check_decays(eps, b1=b1, b2=b2)
-  k_obj = num_objectives
+  k_obj = len(lengths)
 
   def init_fn(params):
     return ScaleByDualOptimState(

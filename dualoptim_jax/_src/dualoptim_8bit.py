@@ -37,9 +37,9 @@ class ScaleByDualOptim8bitState(NamedTuple):
   count: jax.Array  # shape=(), dtype=int32: global step count.
   objective_counts: jax.Array  # shape=(K,), dtype=int32: per-objective counts t_o.
   mu_codes: tuple[optax.Updates, ...]  # m_o per objective: int8 codes or float32.
-  mu_scales: tuple[optax.Updates, ...]  # m_o per objective: block absmaxes (zero-size if float).
+  mu_scales: tuple[optax.Updates, ...]  # m_o per objective: block absmaxes (MaskedNode if float).
   nu_codes: tuple[optax.Updates, ...]  # v_o per objective: uint8 codes or float32.
-  nu_scales: tuple[optax.Updates, ...]  # v_o per objective: block absmaxes (zero-size if float).
+  nu_scales: tuple[optax.Updates, ...]  # v_o per objective: block absmaxes (MaskedNode if float).
 
 
 def scale_by_dualoptim_8bit(
@@ -47,12 +47,12 @@ def scale_by_dualoptim_8bit(
   b2: float | jax.Array = 0.95,
   eps: float | jax.Array = 1e-8,
   *,
-  num_objectives: int = 2,
-  forget_steps: int = 1,
-  retain_steps: int = 1,
-  run_lengths: Sequence[int] | None = None,
-  block_size: int = 256,
-  min_8bit_size: int = 4096,
+  num_objectives: int | None = None,
+  forget_steps: int | jax.Array = 1,
+  retain_steps: int | jax.Array = 1,
+  run_lengths: Sequence[int | jax.Array] | None = None,
+  block_size: int | None = None,
+  min_8bit_size: int | None = None,
   keep_fp32: KeepFp32 = None,
 ) -> optax.GradientTransformationExtraArgs:
   """DualOptim (:func:`scale_by_dualoptim`) with 8-bit blockwise moments.
@@ -60,11 +60,16 @@ def scale_by_dualoptim_8bit(
   Args:
     b1, b2: Adam decays of every objective's moments.
     eps: added to the denominator.
-    num_objectives: number of objectives ``K``.
-    forget_steps, retain_steps: run lengths of the two-objective alternation.
-    run_lengths: per-objective run lengths (overrides the two above).
-    block_size: elements per quantization block along each leaf's last axis.
-    min_8bit_size: leaves with fewer elements keep float32 moments.
+    num_objectives: number of objectives ``K`` (default: ``len(run_lengths)``,
+      else 2; static).
+    forget_steps, retain_steps: run lengths of the two-objective alternation
+      (ints, or integer scalar arrays: traced values work, e.g. under
+      ``optax.inject_hyperparams``).
+    run_lengths: per-objective run lengths (overrides the two above; length K).
+    block_size: elements per quantization block along each leaf's last axis
+      (default 256; static).
+    min_8bit_size: leaves with fewer elements keep float32 moments (default
+      4096; static).
     keep_fp32: leaves to keep in float32 (predicate on ``(path, param)`` or
       substrings of ``jax.tree_util.keystr(path)``).
 
@@ -84,7 +89,7 @@ def scale_by_dualoptim_8bit(
   lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
   base.check_decays(eps, b1=b1, b2=b2)
   codec = make_codec(block_size, min_8bit_size, keep_fp32)
-  k_obj = num_objectives
+  k_obj = len(lengths)
 
   def init_fn(params):
     mus = [codec.init(params, signed=True, quantize=True) for _ in range(k_obj)]
@@ -125,9 +130,19 @@ def scale_by_dualoptim_8bit(
 
     def leaf(g, *moments):
       m_c, m_s, v_c, v_s = (moments[i * k_obj : (i + 1) * k_obj] for i in range(4))
-      own = [(m_c[k], m_s[k], v_c[k], v_s[k]) for k in range(k_obj)]
+      own = [
+        (m_c[k], codec.open_scales(m_c[k], m_s[k]), v_c[k], codec.open_scales(v_c[k], v_s[k]))
+        for k in range(k_obj)
+      ]
       u, _, own = update_active(obj, valid, g, (), own, step)
-      return (u, *(tuple(o[i] for o in own) for i in range(4)))
+      new_m_c, new_m_s, new_v_c, new_v_s = (tuple(o[i] for o in own) for i in range(4))
+      return (
+        u,
+        new_m_c,
+        tuple(map(codec.close_scales, new_m_s, m_s)),
+        new_v_c,
+        tuple(map(codec.close_scales, new_v_s, v_s)),
+      )
 
     out = jax.tree.map(
       leaf, updates, *state.mu_codes, *state.mu_scales, *state.nu_codes, *state.nu_scales

@@ -178,10 +178,10 @@ def scale_by_dualoptim_plus(
   base_b2: float | jax.Array = 0.95,
   eps: float | jax.Array = 1e-8,
   *,
-  num_objectives: int = 2,
-  forget_steps: int = 1,
-  retain_steps: int = 1,
-  run_lengths: Sequence[int] | None = None,
+  num_objectives: int | None = None,
+  forget_steps: int | jax.Array = 1,
+  retain_steps: int | jax.Array = 1,
+  run_lengths: Sequence[int | jax.Array] | None = None,
   bounded: bool = False,
   mu_dtype: Any | None = None,
   nu_dtype: Any | None = None,
@@ -203,8 +203,11 @@ def scale_by_dualoptim_plus(
     b1, b2: decays of the delta moments.
     base_b1, base_b2: decays of the shared base moments.
     eps: added to the denominator.
-    num_objectives: number of objectives ``K``.
-    forget_steps, retain_steps: run lengths of the two-objective alternation.
+    num_objectives: number of objectives ``K`` (default: ``len(run_lengths)``,
+      else 2; static).
+    forget_steps, retain_steps: run lengths of the two-objective alternation
+      (ints, or integer scalar arrays: traced values work, e.g. under
+      ``optax.inject_hyperparams``).
     run_lengths: per-objective run lengths (overrides the two above; length K).
     bounded: opt-in safeguard: floor the combined second moment at ``m**2`` so
       that ``|u| <= 1`` per element (the faithful rule can give ``|u| >> 1``
@@ -227,7 +230,7 @@ def scale_by_dualoptim_plus(
   """
   lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
   base.check_decays(eps, b1=b1, b2=b2, base_b1=base_b1, base_b2=base_b2)
-  k_obj = num_objectives
+  k_obj = len(lengths)
 
   def init_fn(params):
     def zeros(dtype):

@@ -10,9 +10,10 @@ over the params each, so a PartitionSpec that fits a parameter fits both:
 
 Leaves kept in float32 (fewer than ``min_8bit_size`` elements, excluded by
 ``keep_fp32``, or a moment kind left unquantized) store the float32 moment in
-the ``*_codes`` tree and a zero-size placeholder of shape
-``(*p.shape[:-1], 0)`` (``()`` for scalars) in the ``*_scales`` tree: same
-rank, no bytes. The codes' dtype tells the update which case a leaf is.
+the ``*_codes`` tree and ``optax.MaskedNode()`` (no array at all, as
+``optax.masked`` marks a leaf it holds no state for) in the ``*_scales`` tree.
+Every checkpointer saves that: orbax refuses zero-size arrays. The codes'
+dtype tells the update which case a leaf is.
 
 The signed map stores ``Bm``, ``Dm_o`` and ``Dv_o`` (second-moment residuals
 can be negative); the unsigned map stores ``Bv``. Each step decodes the base
@@ -55,9 +56,9 @@ class ScaleByDualOptimPlus8bitState(NamedTuple):
   count: jax.Array  # shape=(), dtype=int32: global step count T.
   objective_counts: jax.Array  # shape=(K,), dtype=int32: per-objective counts t_o.
   base_mu_codes: optax.Updates  # Bm: int8 codes (signed map) or float32.
-  base_mu_scales: optax.Updates  # Bm: float32 block absmaxes (zero-size if float32).
+  base_mu_scales: optax.Updates  # Bm: float32 block absmaxes (MaskedNode if float32).
   base_nu_codes: optax.Updates  # Bv: uint8 codes (unsigned map) or float32.
-  base_nu_scales: optax.Updates  # Bv: float32 block absmaxes (zero-size if float32).
+  base_nu_scales: optax.Updates  # Bv: float32 block absmaxes (MaskedNode if float32).
   delta_mu_codes: tuple[optax.Updates, ...]  # Dm_o per objective: int8 codes or float32.
   delta_mu_scales: tuple[optax.Updates, ...]  # Dm_o per objective: block absmaxes.
   delta_nu_codes: tuple[optax.Updates, ...]  # Dv_o per objective: int8 codes or float32.
@@ -114,16 +115,32 @@ class MomentCodec(NamedTuple):
       return jnp.zeros_like(p, jnp.float32)
 
     def scales(path, p):
-      if quantize and self.wants_8bit(path, p):
-        shape = quant.scales_shape(p.shape, self.block_size)
-      else:
-        shape = (*p.shape[:-1], 0) if p.ndim else ()
+      if not (quantize and self.wants_8bit(path, p)):
+        return optax.MaskedNode()
+      shape = quant.scales_shape(p.shape, self.block_size)
       return jnp.zeros(shape, jnp.float32, out_sharding=explicit_sharding(p))
 
     return (
       jax.tree_util.tree_map_with_path(codes, params),
       jax.tree_util.tree_map_with_path(scales, params),
     )
+
+  @staticmethod
+  def open_scales(codes: jax.Array, scales: Any) -> jax.Array:
+    """A leaf's scales inside the update: a zero-size stand-in where none are stored.
+
+    The update's code paths (row chunks, conds, selects) then treat every leaf
+    alike; :meth:`close_scales` drops the stand-in again.
+    """
+    if not isinstance(scales, optax.MaskedNode):
+      return scales
+    shape = (*codes.shape[:-1], 0) if codes.ndim else ()
+    return jnp.zeros(shape, jnp.float32, out_sharding=explicit_sharding(codes))
+
+  @staticmethod
+  def close_scales(new: jax.Array, old: Any) -> Any:
+    """The scales to store: ``MaskedNode`` again where the state held one."""
+    return old if isinstance(old, optax.MaskedNode) else new
 
   def decode(self, codes: jax.Array, scales: jax.Array) -> jax.Array:
     """The float32 moment of one stored leaf."""
@@ -149,13 +166,13 @@ def scale_by_dualoptim_plus_8bit(
   base_b2: float | jax.Array = 0.95,
   eps: float | jax.Array = 1e-8,
   *,
-  num_objectives: int = 2,
-  forget_steps: int = 1,
-  retain_steps: int = 1,
-  run_lengths: Sequence[int] | None = None,
+  num_objectives: int | None = None,
+  forget_steps: int | jax.Array = 1,
+  retain_steps: int | jax.Array = 1,
+  run_lengths: Sequence[int | jax.Array] | None = None,
   bounded: bool = False,
-  block_size: int = 256,
-  min_8bit_size: int = 4096,
+  block_size: int | None = None,
+  min_8bit_size: int | None = None,
   quantize_base: bool = True,
   quantize_delta: bool = True,
   keep_fp32: KeepFp32 = None,
@@ -168,17 +185,27 @@ def scale_by_dualoptim_plus_8bit(
   the storage differs. State bytes per parameter: ``6 + 24 / block_size`` for
   quantized leaves (K = 2) against 24 in float32.
 
+  ``block_size``, ``min_8bit_size`` and ``num_objectives`` shape the state, so
+  they are static Python ints; their None defaults keep
+  ``optax.inject_hyperparams`` from turning them into arrays. Passed explicitly
+  through it, list them in ``static_args`` (an array raises ``TypeError``
+  saying so). Every other numeric argument, run lengths included, may be traced.
+
   Args:
     b1, b2: decays of the delta moments.
     base_b1, base_b2: decays of the shared base moments.
     eps: added to the denominator.
-    num_objectives: number of objectives ``K``.
-    forget_steps, retain_steps: run lengths of the two-objective alternation.
-    run_lengths: per-objective run lengths (overrides the two above).
+    num_objectives: number of objectives ``K`` (default: ``len(run_lengths)``,
+      else 2; static).
+    forget_steps, retain_steps: run lengths of the two-objective alternation
+      (ints, or integer scalar arrays: traced values work, e.g. under
+      ``optax.inject_hyperparams``).
+    run_lengths: per-objective run lengths (overrides the two above; length K).
     bounded: floor the combined second moment at ``m**2`` (``|u| <= 1``).
     block_size: elements per quantization block along each leaf's last axis
-      (a static int; with ``optax.inject_hyperparams`` list it in ``static_args``).
-    min_8bit_size: leaves with fewer elements keep float32 moments.
+      (default 256; static).
+    min_8bit_size: leaves with fewer elements keep float32 moments (default
+      4096; static).
     quantize_base: store ``Bm, Bv`` in 8 bits.
     quantize_delta: store every ``Dm_o, Dv_o`` in 8 bits.
     keep_fp32: leaves to keep in float32: a predicate ``(path, param) -> bool``
@@ -203,7 +230,7 @@ def scale_by_dualoptim_plus_8bit(
   lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
   base.check_decays(eps, b1=b1, b2=b2, base_b1=base_b1, base_b2=base_b2)
   codec = make_codec(block_size, min_8bit_size, keep_fp32)
-  k_obj = num_objectives
+  k_obj = len(lengths)
 
   def init_fn(params):
     bm_c, bm_s = codec.init(params, signed=True, quantize=quantize_base)
@@ -255,10 +282,23 @@ def scale_by_dualoptim_plus_8bit(
 
     def leaf(g, bm_c, bm_s, bv_c, bv_s, *deltas):
       dm_c, dm_s, dv_c, dv_s = (deltas[i * k_obj : (i + 1) * k_obj] for i in range(4))
-      own = [(dm_c[k], dm_s[k], dv_c[k], dv_s[k]) for k in range(k_obj)]
-      shared = (bm_c, bm_s, bv_c, bv_s)
-      u, shared, own = update_active(obj, valid, g, shared, own, step)
-      return (u, *shared, *(tuple(o[i] for o in own) for i in range(4)))
+      opened = [(c, codec.open_scales(c, s)) for c, s in zip(dm_c, dm_s, strict=True)]
+      opened_v = [(c, codec.open_scales(c, s)) for c, s in zip(dv_c, dv_s, strict=True)]
+      own = [(*opened[k], *opened_v[k]) for k in range(k_obj)]
+      shared = (bm_c, codec.open_scales(bm_c, bm_s), bv_c, codec.open_scales(bv_c, bv_s))
+      u, (nbm_c, nbm_s, nbv_c, nbv_s), own = update_active(obj, valid, g, shared, own, step)
+      new_dm_c, new_dm_s, new_dv_c, new_dv_s = (tuple(o[i] for o in own) for i in range(4))
+      return (
+        u,
+        nbm_c,
+        codec.close_scales(nbm_s, bm_s),
+        nbv_c,
+        codec.close_scales(nbv_s, bv_s),
+        new_dm_c,
+        tuple(map(codec.close_scales, new_dm_s, dm_s)),
+        new_dv_c,
+        tuple(map(codec.close_scales, new_dv_s, dv_s)),
+      )
 
     out = jax.tree.map(
       leaf,
@@ -289,15 +329,18 @@ def scale_by_dualoptim_plus_8bit(
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+DEFAULT_BLOCK_SIZE = 256
+DEFAULT_MIN_8BIT_SIZE = 4096
+
+
 def make_codec(block_size: Any, min_8bit_size: Any, keep_fp32: KeepFp32) -> MomentCodec:
-  """Validates the storage options (they shape the state, so they must be static ints)."""
-  for name, value in (("block_size", block_size), ("min_8bit_size", min_8bit_size)):
-    if isinstance(value, jax.core.Tracer):
-      raise TypeError(
-        f"{name} shapes the optimizer state and cannot be traced; with "
-        f"optax.inject_hyperparams pass static_args=({name!r}, ...)."
-      )
-  block_size, min_8bit_size = int(block_size), int(min_8bit_size)
+  """Validates the storage options (they shape the state, so they must be static ints).
+
+  None means the default (256 and 4096): a default that is not a number keeps
+  ``optax.inject_hyperparams`` from turning it into an array.
+  """
+  block_size = base.static_int("block_size", block_size, DEFAULT_BLOCK_SIZE)
+  min_8bit_size = base.static_int("min_8bit_size", min_8bit_size, DEFAULT_MIN_8BIT_SIZE)
   if block_size < 1:
     raise ValueError(f"block_size must be positive, got {block_size}.")
   if min_8bit_size < 0:

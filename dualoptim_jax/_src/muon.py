@@ -19,6 +19,7 @@ for non-2-D leaves and the shape scaling are optax.contrib's own.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -34,6 +35,7 @@ from optax.contrib import _muon as optax_muon
 from dualoptim_jax._src import base
 from dualoptim_jax._src import dualoptim_plus as dp
 
+DEFAULT_NS_STEPS = 5
 NsCoeffs = tuple[float, float, float] | Sequence[tuple[float, float, float]] | str
 DimNumsOrFn = MuonDimensionNumbers | Any | Callable[[Any], Any] | None
 
@@ -73,6 +75,13 @@ def _orthogonalize(m, coeffs, ns_steps, preconditioning, eps, dim_nums) -> jax.A
     m, coeffs, ns_steps, preconditioning, eps, dim_nums
   )
   return jax.sharding.reshard(u, spec) if sharded else u
+
+
+def _one_minus(x: Any, dtype: Any) -> jax.Array:
+  """``1 - x`` in ``dtype``: in double precision first for a Python number."""
+  if isinstance(x, numbers.Real):
+    return jnp.asarray(1 - x, dtype)
+  return 1 - jnp.asarray(x, dtype)
 
 
 def _ns_coeffs_array(ns_coeffs: NsCoeffs, ns_steps: Any) -> jax.Array:
@@ -128,7 +137,7 @@ def resolve_dimension_numbers(spec: DimNumsOrFn, updates: Any) -> Any:
 
 def scale_by_dualoptim_plus_muon(
   ns_coeffs: NsCoeffs = optax_muon._DEFAULT_NS_COEFFS,
-  ns_steps: int = 5,
+  ns_steps: int | None = None,
   beta: float | jax.Array = 0.95,
   base_beta: float | jax.Array = 0.95,
   eps: float | jax.Array = 1e-8,
@@ -138,10 +147,10 @@ def scale_by_dualoptim_plus_muon(
   adaptive: bool = False,
   preconditioning: Literal["frobenius", "spectral", "aol", "schatten"] = "frobenius",
   weight_dimension_numbers: DimNumsOrFn = None,
-  num_objectives: int = 2,
-  forget_steps: int = 1,
-  retain_steps: int = 1,
-  run_lengths: Sequence[int] | None = None,
+  num_objectives: int | None = None,
+  forget_steps: int | jax.Array = 1,
+  retain_steps: int | jax.Array = 1,
+  run_lengths: Sequence[int | jax.Array] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Orthogonalises DualOptim+'s combined (base + delta) momentum, as Muon does.
 
@@ -163,7 +172,10 @@ def scale_by_dualoptim_plus_muon(
   Args:
     ns_coeffs: Newton-Schulz coefficients, shape (3,) or (n, 3), or an
       optax preset name (``"standard"``, ``"dion"``).
-    ns_steps: number of Newton-Schulz iterations (a Python int).
+    ns_steps: number of Newton-Schulz iterations (default 5). Static: it
+      shapes the program, and its None default keeps ``optax.inject_hyperparams``
+      from turning it into an array (passed explicitly through it, list it in
+      ``static_args``).
     beta: decay of the delta momenta.
     base_beta: decay of the shared base momentum (1 disables the base).
     eps: Newton-Schulz normalisation epsilon.
@@ -174,8 +186,11 @@ def scale_by_dualoptim_plus_muon(
     preconditioning: optax's pre-Newton-Schulz normalisation.
     weight_dimension_numbers: ``MuonDimensionNumbers`` per leaf (a tree, a
       prefix tree, or a callable on the updates); None: every leaf is 2-D.
-    num_objectives: number of objectives ``K``.
-    forget_steps, retain_steps: run lengths of the two-objective alternation.
+    num_objectives: number of objectives ``K`` (default: ``len(run_lengths)``,
+      else 2; static).
+    forget_steps, retain_steps: run lengths of the two-objective alternation
+      (ints, or integer scalar arrays: traced values work, e.g. under
+      ``optax.inject_hyperparams``).
     run_lengths: per-objective run lengths (overrides the two above; length K).
 
   Returns:
@@ -198,8 +213,9 @@ def scale_by_dualoptim_plus_muon(
   base.check_hyperparameter("beta", beta, low=0.0, high=1.0)
   base.check_hyperparameter("base_beta", base_beta, low=0.0, high=1.0, high_inclusive=True)
   base.check_hyperparameter("eps", eps, low=0.0)
+  ns_steps = base.static_int("ns_steps", ns_steps, DEFAULT_NS_STEPS)
   coeffs = _ns_coeffs_array(ns_coeffs, ns_steps)
-  k_obj = num_objectives
+  k_obj = len(lengths)
 
   def init_fn(params):
     def zeros():
@@ -230,20 +246,26 @@ def scale_by_dualoptim_plus_muon(
     def leaf(g, bm, *rest):
       dms, dim_nums = rest[:k_obj], rest[k_obj]
       ct = dp.compute_dtype(g.dtype)
+      # Hyperparameters in the compute dtype (optax.inject_hyperparams stores
+      # them in the params' dtype, bf16 for bf16 params); 1 - beta of a Python
+      # float in double precision, as optax's Muon rounds it (bit-exact test).
+      beta_, base_beta_, eps_ = (jnp.asarray(x, ct) for x in (beta, base_beta, eps))
+      one_minus_beta = _one_minus(beta, ct)
+      one_minus_base_beta = _one_minus(base_beta, ct)
       g_ = g.astype(ct)
       bm_ = bm.astype(ct)
       bm_hat = bm_ / base_c.astype(ct)
       r = g_ - bm_hat
-      dm = (1 - beta) * r + beta * dp.select_objective(obj, dms).astype(ct)
+      dm = one_minus_beta * r + beta_ * dp.select_objective(obj, dms).astype(ct)
       if nesterov:
-        m = beta * (dm / c_next.astype(ct)) + (1 - beta) * (r / c_t.astype(ct))
+        m = beta_ * (dm / c_next.astype(ct)) + one_minus_beta * (r / c_t.astype(ct))
       else:
         m = dm / c_t.astype(ct)
       m = m + bm_hat
-      u = _orthogonalize(m, coeffs, ns_steps, preconditioning, eps, dim_nums)
+      u = _orthogonalize(m, coeffs, ns_steps, preconditioning, eps_, dim_nums)
       if adaptive:
         u = jnp.sum(m.conj() * u) * u
-      nbm = (1 - base_beta) * g_ + base_beta * bm_
+      nbm = one_minus_base_beta * g_ + base_beta_ * bm_
       if not isinstance(valid, bool):
         u = jnp.where(valid, u, jnp.nan)
         nbm = jnp.where(valid, nbm, bm_)

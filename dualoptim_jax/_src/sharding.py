@@ -4,7 +4,12 @@ Every param-shaped state leaf of the fp32 and int8 optimizers comes from one
 ``jax.tree.map`` over the params, so ``optax.tree.map_params`` can put each
 parameter's PartitionSpec on its state leaves: moments and int8 codes have the
 parameter's shape and take its spec as is. Counters and other non-parameter
-leaves are replicated (``P()``).
+leaves are replicated (``P()``). Where a state holds nothing for a parameter
+(the scales of a leaf an int8 optimizer keeps in float32; the other
+partition's leaves in ``dualoptim_plus_muon``) it holds ``optax.MaskedNode()``,
+an empty node: calling ``optax.tree.map_params`` yourself, pass
+``is_leaf=lambda x: isinstance(x, optax.MaskedNode)``, as optax documents for
+``optax.masked``; the helpers below do.
 
 **The last-axis rule for int8 scales.** A quantized moment's float32 scales
 have shape ``(*p.shape[:-1], ceil(p.shape[-1] / block_size))``: the same rank
@@ -36,8 +41,14 @@ def _axis_size(mesh: Any, entry: Any) -> int:
   return math.prod(mesh.shape[name] for name in names)
 
 
-def _leaf_spec(leaf: Any, spec: Any, param: Any, mesh: Any, block_size: int) -> P:
-  """The spec of one state leaf that stands for ``param`` (whose spec is ``spec``)."""
+def _leaf_spec(leaf: Any, spec: Any, param: Any, mesh: Any, block_size: int) -> Any:
+  """The spec of one state leaf that stands for ``param`` (whose spec is ``spec``).
+
+  A ``MaskedNode`` (no state for this parameter: a float32 leaf's int8 scales,
+  or a leaf that ``optax.masked``/``partition`` routes elsewhere) stays one.
+  """
+  if isinstance(leaf, optax.MaskedNode):
+    return leaf
   spec = P() if spec is None else spec
   shape, pshape = tuple(leaf.shape), tuple(param.shape)
   if shape == pshape:
@@ -47,10 +58,10 @@ def _leaf_spec(leaf: Any, spec: Any, param: Any, mesh: Any, block_size: int) -> 
       f"A state leaf of shape {shape} stands for a parameter of shape {pshape}; only "
       "parameter-shaped leaves and last-axis block scales are supported."
     )
-  # Block scales (or a zero-size placeholder for a leaf kept in float32).
+  # Block scales.
   entries = tuple(spec) + (None,) * (len(pshape) - len(spec))
   n = _axis_size(mesh, entries[-1]) if pshape else 1
-  if n > 1 and shape[-1] > 0:
+  if n > 1:
     length = pshape[-1]
     if length % n or (length // n) % block_size:
       raise ValueError(
@@ -126,6 +137,9 @@ def state_partition_specs(
     specs,
     params,
     transform_non_params=lambda _: P(),
+    # As optax documents for masked states: a MaskedNode sits where the params
+    # tree has a leaf, so it must reach leaf_spec as one.
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
   )
 
 
