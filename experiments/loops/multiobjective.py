@@ -1,0 +1,399 @@
+"""Training with K objectives (tasks, or safety and utility) and the diagnostics of their conflict.
+
+Optimizers, all on the same budget (steps, sequences per step, learning-rate
+shape, clipping, weight decay; see :func:`build`):
+
+* ``joint``: AdamW on the sum of the K objectives' losses every step (each
+  step takes ``batch_size // K`` sequences of every objective).
+* ``alternating``: AdamW on one objective per step, in the cycle
+  ``run_lengths`` gives (``(1, 1, 1)``: 0, 1, 2, 0, ...), ``batch_size``
+  sequences of the active objective; one AdamW state for all objectives.
+* any ``dualoptim_jax`` alias by name (``dualoptim``, ``dualoptim_plus``,
+  ``dualoptim_plus_8bit``, ``dualoptim_plus_muon``, ...), built with
+  ``run_lengths`` (K objectives: one delta pair per objective), on the same
+  cycle, passed as ``objective=``.
+
+As in :mod:`experiments.loops.unlearn`, the data of one step travels batch ->
+loss(objective) -> grads -> ``tx.update(objective=)`` -> apply, and one compiled
+step per optimizer serves every learning rate and seed (the objective and the
+peak learning rate are traced).
+
+Diagnostics, logged every ``diag_every`` steps: the cosines between the K
+objectives' gradients on fixed probe batches (every optimizer: the conflict
+itself), and for the DualOptim+ family the pairwise cosines of the
+bias-corrected first-moment deltas and each objective's base share
+``|Bm| / (|Bm| + |Dm_o|)`` (the mechanism the paper credits; see
+:mod:`experiments.evaluation.multiobjective_diagnostics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm.auto import tqdm
+
+import dualoptim_jax
+from experiments.data import tokenizer as toklib
+from experiments.data.batching import Batch, Encoder
+from experiments.data.corpus import QA
+from experiments.evaluation.multiobjective_diagnostics import (
+  cosine_matrix,
+  delta_conflict,
+  is_plus,
+  pairs_of,
+)
+from experiments.loops import losses, optimizers
+from experiments.loops.finetune import FineTuneConfig, fine_tune
+from experiments.models import decoder as modellib
+from experiments.models import make_apply
+
+JOINT, ALTERNATING = "joint", "alternating"
+DEFAULT_OPTIMIZERS = (
+  JOINT,
+  ALTERNATING,
+  "dualoptim",
+  "dualoptim_plus",
+  "dualoptim_plus_8bit",
+  "dualoptim_plus_muon",
+)
+
+
+def available(name: str) -> bool:
+  """Whether :func:`build` knows ``name``."""
+  return name in (JOINT, ALTERNATING) or optimizers.available(name) and name != "adamw"
+
+
+def build(name: str, schedule, recipe: optimizers.Recipe, params, run_lengths: tuple[int, ...]):
+  """The named optimizer (global-norm clipping included) for ``len(run_lengths)`` objectives.
+
+  ``recipe.forget_steps``/``retain_steps`` are ignored: ``run_lengths`` is the cycle.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> p = {"w": jnp.ones((2, 3))}
+    >>> tx = build("dualoptim_plus", 1e-3, optimizers.Recipe(), p, (1, 1, 1))
+    >>> len(dualoptim_jax.find_dualoptim_plus_state(tx.init(p)).delta_mu)
+    3
+  """
+  if name in (JOINT, ALTERNATING):
+    return optimizers.build("adamw", schedule, recipe, params)
+  if not available(name):
+    raise optimizers.OptimizerUnavailable(
+      f"unknown optimizer {name!r}; use {JOINT}, {ALTERNATING} or a dualoptim_jax name"
+    )
+  tx = getattr(dualoptim_jax, name)(
+    schedule,
+    b1=recipe.b1,
+    b2=recipe.b2,
+    eps=recipe.eps,
+    weight_decay=recipe.weight_decay,
+    mask=optimizers.decay_mask(params),
+    run_lengths=tuple(run_lengths),
+  )
+  return optax.chain(optax.clip_by_global_norm(recipe.clip_norm), tx)
+
+
+def schedule_of(run_lengths: tuple[int, ...], steps: int) -> list[int]:
+  """The objective of each step: objective ``o`` for ``run_lengths[o]`` steps, cycling.
+
+  Example:
+    >>> schedule_of((1, 2), 5)
+    [0, 1, 1, 0, 1]
+  """
+  return [int(dualoptim_jax.scheduled_objective(k, run_lengths)) for k in range(steps)]
+
+
+class ObjectiveBatches:
+  """Fixed-shape batches of K objectives' (prompt, target) pairs.
+
+  Each objective's examples come from its own shuffle, restarted when
+  exhausted (seeded). A step carries a batch of every objective (fixed
+  shapes: one compiled step); only the active one draws new examples.
+
+  Args:
+    objectives: per objective, its (prompt, target) training pairs.
+    encoder: the tokeniser.
+    batch_size: sequences per step (joint: ``batch_size // K`` per objective).
+    seed: shuffling seed.
+  """
+
+  def __init__(self, objectives, encoder: Encoder, batch_size: int, seed: int):
+    self.rng = np.random.default_rng(seed)
+    self.k, self.batch_size = len(objectives), batch_size
+    self.arrays = [encoder.batch(list(pairs)) for pairs in objectives]
+    self.sizes = [len(pairs) for pairs in objectives]
+    self.queues: list[list[int]] = [[] for _ in objectives]
+
+  def _take(self, o: int, n: int) -> Batch:
+    q = self.queues[o]
+    while len(q) < n:
+      q.extend(self.rng.permutation(self.sizes[o]).tolist())
+    self.queues[o], idx = q[n:], np.array(q[:n])
+    return Batch(*(a[idx] for a in self.arrays[o]))
+
+  def idle(self, o: int) -> Batch:
+    """A fixed batch of objective ``o`` (the inactive slots of a step; never trained on)."""
+    idx = np.arange(self.batch_size) % self.sizes[o]
+    return Batch(*(a[idx] for a in self.arrays[o]))
+
+  def next(self, objective: int) -> tuple[Batch, ...]:
+    """The batches of an alternating step on ``objective``."""
+    return tuple(
+      self._take(o, self.batch_size) if o == objective else self.idle(o) for o in range(self.k)
+    )
+
+  def joint(self) -> tuple[Batch, ...]:
+    """The batches of a joint step: ``batch_size // K`` new sequences of every objective."""
+    return tuple(self._take(o, max(self.batch_size // self.k, 1)) for o in range(self.k))
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """A finished run: parameters, per-step log, diagnostics, timing and state size."""
+
+  params: object
+  log: list[dict]
+  diagnostics: list[dict]
+  wall_s: float
+  state_bytes: int
+
+
+class MultiObjectiveTrainer:
+  """Runs K-objective training jobs, caching one compiled step per optimizer.
+
+  Args:
+    apply: ``apply(params, ids, mask) -> logits``.
+    names: the objectives' names (K = their number).
+    recipe: clipping, betas, eps and weight decay shared by every optimizer.
+    run_lengths: the objective cycle of the alternating optimizers.
+    steps: optimizer steps (same for every optimizer).
+    warmup: warm-up steps of the linear warm-up / linear decay shape.
+    diag_every: steps between diagnostics (and at the end).
+  """
+
+  def __init__(self, apply, names, recipe, run_lengths, steps: int, warmup: int, diag_every: int):
+    self.apply, self.names, self.recipe = apply, tuple(names), recipe
+    self.run_lengths, self.steps, self.warmup = tuple(run_lengths), steps, warmup
+    self.diag_every = max(diag_every, 1)
+    self.shape = optimizers.lr_shape(warmup, steps)
+    self._compiled: dict = {}
+    k = len(self.names)
+
+    def probe(params, batches):
+      grads = [jax.grad(losses.ce_mean, argnums=1)(apply, params, b) for b in batches]
+      return cosine_matrix(grads)
+
+    self._probe = jax.jit(probe)
+    self._conflict = jax.jit(delta_conflict)
+    self.k = k
+
+  def _step_fn(self, name: str, params):
+    if name in self._compiled:
+      return self._compiled[name]
+    tx = build(name, self.shape, self.recipe, params, self.run_lengths)
+    apply, k = self.apply, self.k
+
+    def loss_fn(p, batches, objective):
+      per = [losses.ce_mean(apply, p, b) for b in batches] if name == JOINT else None
+      if per is not None:
+        return sum(per), jnp.stack(per)
+      branches = [lambda p, bs, o=o: losses.ce_mean(apply, p, bs[o]) for o in range(k)]
+      loss = jax.lax.switch(objective, branches, p, batches)
+      return loss, jnp.zeros((k,), jnp.float32).at[objective].set(loss)
+
+    @jax.jit
+    def step(params, opt_state, batches, objective, peak_lr):
+      (loss, per), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batches, objective)
+      with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
+        updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
+      updates = jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates)
+      return optax.apply_updates(params, updates), opt_state, per
+
+    self._compiled[name] = (tx, step)
+    return tx, step
+
+  def _diagnose(self, k_step: int, params, opt_state, probe) -> dict:
+    rec: dict = {"step": k_step}
+    grad_cos = np.asarray(self._probe(params, probe))
+    rec["grad_cosine"] = {p: float(grad_cos[i, j]) for i, j, p in pairs_of(self.names)}
+    if is_plus(opt_state):
+      c = jax.device_get(self._conflict(opt_state))
+      rec["delta_cosine"] = {p: float(c["delta_cosine"][i, j]) for i, j, p in pairs_of(self.names)}
+      rec["base_share"] = {n: float(c["base_share"][o]) for o, n in enumerate(self.names)}
+    return rec
+
+  def run(self, params, batches: ObjectiveBatches, name: str, peak_lr: float, *, desc: str):
+    """Trains from ``params`` for ``self.steps`` steps; returns a :class:`TrainResult`."""
+    tx, step = self._step_fn(name, params)
+    opt_state = tx.init(params)
+    lr = jnp.asarray(peak_lr, jnp.float32)
+    probe = tuple(batches.idle(o) for o in range(self.k))
+    plan = schedule_of(self.run_lengths, self.steps)
+    pending, diags, t0 = [], [], time.perf_counter()
+    t_diag = 0.0
+    for k in tqdm(range(self.steps), desc=desc, leave=False):
+      if k == 1:  # time steady-state steps only (step 0 includes compilation)
+        jax.block_until_ready(params)
+        t0 = time.perf_counter()
+      if k % self.diag_every == 0 and k:
+        t = time.perf_counter()
+        diags.append(self._diagnose(k, params, opt_state, probe))
+        t_diag += time.perf_counter() - t
+      objective = plan[k]
+      b = batches.joint() if name == JOINT else batches.next(objective)
+      params, opt_state, per = step(params, opt_state, b, jnp.asarray(objective, jnp.int32), lr)
+      pending.append((k, objective, per))
+    jax.block_until_ready(params)
+    wall = (time.perf_counter() - t0 - t_diag) * self.steps / max(self.steps - 1, 1)
+    diags.append(self._diagnose(self.steps, params, opt_state, probe))
+    log = []
+    for k, objective, per in pending:
+      per = np.asarray(per)
+      entry = {"step": k, "objective": "all" if name == JOINT else self.names[objective]}
+      entry["losses"] = {
+        n: float(per[o]) for o, n in enumerate(self.names) if name == JOINT or o == objective
+      }
+      entry["lr"] = float(self.shape(k)) * peak_lr
+      log.append(entry)
+    return TrainResult(params, log, diags, wall, optimizers.state_bytes(opt_state))
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSettings:
+  """What the multi-task and safety CLIs control (see their ``--help``).
+
+  Attributes:
+    out: output folder (checkpoints, runs, results).
+    optimizer_names: optimizers compared.
+    seeds: seeds (batch order; the base model is shared).
+    lrs: peak learning rates.
+    steps: optimizer steps per run.
+    batch_size: sequences per step.
+    model_size: a :data:`~experiments.models.decoder.MODEL_SIZES` name.
+    vocab_size: BPE vocabulary.
+    max_len: longest sequence.
+    run_lengths: the objective cycle (one entry per objective).
+    base: the base model's training (AdamW; checkpointed and shared by every run).
+    diag_every: steps between conflict diagnostics.
+  """
+
+  out: pathlib.Path
+  optimizer_names: tuple[str, ...]
+  seeds: tuple[int, ...]
+  lrs: tuple[float, ...]
+  steps: int
+  batch_size: int
+  model_size: str
+  vocab_size: int
+  max_len: int
+  run_lengths: tuple[int, ...]
+  base: FineTuneConfig
+  diag_every: int
+
+
+@dataclasses.dataclass
+class Prepared:
+  """The shared pieces of a job: tokenizer, model graph, base parameters."""
+
+  encoder: Encoder
+  graphdef: object
+  apply: object
+  params: object
+  n_params: int
+  key: str
+  base_seconds: float
+
+
+def prepare(texts: list[str], base_pairs, s: JobSettings, log=print) -> Prepared:
+  """Tokenizer (trained on ``texts``), model and base model (trained on ``base_pairs``).
+
+  Both are cached under ``{out}/checkpoints/{key}`` (key = the texts, the base
+  data, the model and the base hyperparameters), so later runs reuse them and
+  an interrupted base training resumes.
+  """
+  blob = json.dumps(
+    [texts, list(base_pairs), s.model_size, s.vocab_size, s.max_len, dataclasses.asdict(s.base)]
+  )
+  key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+  cache = s.out / "checkpoints" / key
+  path = cache / "tokenizer.json"
+  if path.is_file():
+    tok = toklib.load_tokenizer(path)
+  else:
+    tok = toklib.train_tokenizer(texts, s.vocab_size)
+    toklib.save_tokenizer(tok, path)
+  encoder = Encoder(tok, s.max_len)
+  cfg = modellib.config_for(s.model_size, tok.get_vocab_size(), s.max_len)
+  graphdef, params = nnx.split(modellib.DecoderLM(cfg, nnx.Rngs(0)))
+  apply = make_apply(graphdef)
+  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
+  log(
+    f"[model] {s.model_size}: {n_params:,} parameters, vocab {cfg.vocab_size}, max_len {s.max_len}"
+  )
+  t0 = time.perf_counter()
+  data = tuple(QA(q, a) for q, a in base_pairs)
+  params, hist = fine_tune(apply, params, data, encoder, s.base, cache / "base", desc="base model")
+  seconds = time.perf_counter() - t0
+  log(
+    f"[base model] {seconds:.0f}s"
+    + (f" (final epoch loss {hist[-1]:.3f})" if hist else " (cached)")
+  )
+  return Prepared(encoder, graphdef, apply, params, n_params, key, seconds)
+
+
+def run_grid(prep: Prepared, names, objectives, s: JobSettings, evaluate, brief, log=print):
+  """Trains and evaluates every (seed, optimizer, lr); returns the run records.
+
+  Each record (``optimizer``, ``lr``, ``seed``, ``steps``, ``wall_s``,
+  ``state_bytes``, ``log``, ``diagnostics`` and what ``evaluate(params)``
+  returns) is written to ``{out}/runs/*.json`` and reused when the same run is
+  asked for again. Seed-major order: an interrupted job has whole seeds.
+  """
+  trainer = MultiObjectiveTrainer(
+    prep.apply,
+    names,
+    optimizers.Recipe(),
+    s.run_lengths,
+    s.steps,
+    max(s.steps // 10, 1),
+    s.diag_every,
+  )
+  run_key = hashlib.sha256(
+    json.dumps([prep.key, s.steps, s.batch_size, s.run_lengths, s.diag_every]).encode()
+  ).hexdigest()[:8]
+  runs_dir = s.out / "runs"
+  runs_dir.mkdir(parents=True, exist_ok=True)
+  grid = [(seed, o, lr) for seed in s.seeds for o in s.optimizer_names for lr in s.lrs]
+  records = []
+  for i, (seed, opt, lr) in enumerate(grid):
+    path = runs_dir / f"{opt}-lr{lr:g}-s{seed}-{run_key}.json"
+    if path.is_file():
+      records.append(json.loads(path.read_text()))
+      continue
+    batches = ObjectiveBatches(objectives, prep.encoder, s.batch_size, seed)
+    tag = f"[{i + 1}/{len(grid)}] {opt} lr={lr:g} seed={seed}"
+    res = trainer.run(prep.params, batches, opt, lr, desc=tag)
+    rec = {
+      "optimizer": opt,
+      "lr": lr,
+      "seed": seed,
+      "steps": s.steps,
+      "wall_s": res.wall_s,
+      "state_bytes": res.state_bytes,
+      **evaluate(res.params),
+      "log": res.log,
+      "diagnostics": res.diagnostics,
+    }
+    path.write_text(json.dumps(rec))
+    records.append(rec)
+    log(f"{tag}: {brief(rec)} | {res.wall_s:.1f}s | state {res.state_bytes:,} B")
+  return records

@@ -1,0 +1,195 @@
+"""Command line: ``python -m experiments.safety`` (see ``--help``).
+
+Safety alignment with two objectives: **safety** (harmful request -> safe
+response) and **utility** (benign request -> correct answer). A helpful base
+model (copying, the generated utility tasks and look-alike benign requests;
+no harmful request) is trained once and cached; every optimizer then aligns it
+on the same budget: ``joint`` AdamW (sum of both losses), ``alternating`` AdamW
+and the DualOptim family with one delta pair per objective (same cycle).
+
+Metrics on greedy outputs: refusal rate on held-out harmful requests (safety;
+XSTest's string match, :mod:`experiments.evaluation.generation`), refusal rate
+on benign look-alikes (over-refusal), utility on held-out generated tasks
+(``qa`` ROUGE-L recall, ``reverse`` exact match; their mean), and refusal per
+category. Data: generated stand-ins (default, offline) or ``--data FOLDER``
+with the layout of ``../shared/data/safety`` (Safety-Tuned LLaMAs + XSTest).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from experiments.data import multitask as mt_data
+from experiments.data import safety as data
+from experiments.data.batching import round_up
+from experiments.data.corpus import DataError
+from experiments.evaluation import generation
+from experiments.evaluation import multiobjective_plots as plots
+from experiments.evaluation import multiobjective_report as report
+from experiments.loops import multiobjective as mo
+from experiments.multitask import common_parser, job_settings
+
+NAMES = ("safety", "utility")
+REFUSAL_TOKENS = 16  # XSTest's rule reads only the start of an answer
+
+
+def parser():
+  p = common_parser(
+    "python -m experiments.safety",
+    __doc__.split("\n")[0],
+    out="results/safety",
+    steps=300,
+    lrs="1e-3",
+    k=2,
+  )
+  p.add_argument(
+    "--data",
+    default="synthetic",
+    help="'synthetic' (generated stand-ins, offline) or a folder with the layout of "
+    "../shared/data/safety (safety_only_data_Instructions.json, evaluation/*.json, "
+    "xstest_prompts.csv)",
+  )
+  return p
+
+
+def load(args) -> tuple[data.SafetyData, bool]:
+  """The data and whether it is the real (folder) data; DataError for a bad folder."""
+  if args.data == "synthetic":
+    return data.generate(), False
+  return data.load(pathlib.Path(args.data)), True
+
+
+def make_evaluate(prep: mo.Prepared, d: data.SafetyData):
+  """``evaluate(params)``: refusal rates per set and category, utility, the three summaries."""
+  refusals = generation.Generator(prep.graphdef, prep.encoder, max_new_tokens=REFUSAL_TOKENS)
+  longest = max(len(prep.encoder.pair("", a)[0]) for t in d.utility_tasks for _, a in t.eval)
+  answers = generation.Generator(prep.graphdef, prep.encoder, max_new_tokens=round_up(longest, 8))
+  harmful = [s.name for s in d.prompt_sets if s.harmful]
+  benign = [s.name for s in d.prompt_sets if not s.harmful]
+
+  def evaluate(params) -> dict:
+    sets, cats, samples = {}, {}, {}
+    for s in d.prompt_sets:
+      outs = refusals(params, list(s.prompts))
+      flags = np.array([generation.is_refusal(o) for o in outs])
+      sets[s.name] = float(flags.mean())
+      for c in dict.fromkeys(s.categories):
+        sel = np.array([x == c for x in s.categories])
+        cats[f"{'harmful' if s.harmful else 'benign'}: {c}"] = float(flags[sel].mean())
+      pairs = zip(s.prompts[:3], outs, strict=False)
+      samples[s.name] = [{"prompt": p, "output": o} for p, o in pairs]
+    tasks = {}
+    for t in d.utility_tasks:
+      outs = answers(params, [q for q, _ in t.eval])
+      tasks[t.name] = float(np.mean(generation.score(t.metric, [a for _, a in t.eval], outs)))
+    return {
+      "safety": float(np.mean([sets[n] for n in harmful])),
+      "over_refusal": float(np.mean([sets[n] for n in benign])),
+      "utility": float(np.mean(list(tasks.values()))),
+      "sets": sets,
+      "categories": cats,
+      "tasks": tasks,
+      "samples": samples,
+    }
+
+  return evaluate
+
+
+def brief(rec: dict) -> str:
+  """One log line of a run's summary metrics."""
+  return (
+    f"safety {rec['safety']:.3f} | over-refusal {rec['over_refusal']:.3f} | "
+    f"utility {rec['utility']:.3f} ("
+    + " ".join(f"{k} {v:.3f}" for k, v in rec["tasks"].items())
+    + ")"
+  )
+
+
+def run(args, s: mo.JobSettings, d: data.SafetyData, log=print) -> dict:
+  """Runs the job and writes results.json, results.md and the plots."""
+  t_start = time.perf_counter()
+  base_pairs = mt_data.copy_pairs(args.copy_size) + d.utility_train
+  texts = d.texts() + [x for p in base_pairs for x in p]
+  taught = generation.refusal_rate([a for _, a in d.safety_train])
+  log(f"[data] {d.name}: {d.notes}; refusal rate of the safety targets {taught:.3f}")
+  prep = mo.prepare(texts, base_pairs, s, log)
+  evaluate = make_evaluate(prep, d)
+  base_ev = evaluate(prep.params)
+  log(f"[base model] {brief(base_ev)}")
+  runs = mo.run_grid(prep, NAMES, [d.safety_train, d.utility_train], s, evaluate, brief, log)
+
+  summary = ["safety", "over_refusal", "utility"]
+  cols = [(k, lambda r, k=k: r[k]) for k in summary]
+  cols += [(f"utility {n}", lambda r, n=n: r["tasks"][n]) for n in base_ev["tasks"]]
+  cols += [(f"refusal: {n}", lambda r, n=n: r["sets"][n]) for n in base_ev["sets"]]
+  rows = report.aggregate(runs, cols)
+  flat = {k: base_ev[k] for k in summary}
+  flat.update({f"utility {n}": v for n, v in base_ev["tasks"].items()})
+  flat.update({f"refusal: {n}": v for n, v in base_ev["sets"].items()})
+  labels = [c for c, _ in cols]
+  table = report.markdown_table(rows, labels[: 3 + len(base_ev["tasks"])], {"base model": flat})
+  per_set = report.markdown_table(rows, labels[3 + len(base_ev["tasks"]) :], {"base model": flat})
+  base_run = {"optimizer": "base model", "lr": 0.0, "seed": 0, "categories": base_ev["categories"]}
+  categories = report.category_table([base_run, *runs], "categories", "category")
+  setup = {
+    "title": f"Safety alignment: {d.name}",
+    "notes": (
+      f"{d.notes}. safety = mean refusal rate over the harmful sets, over_refusal = mean refusal "
+      "rate over the benign sets (XSTest's string match on greedy outputs), utility = mean of the "
+      f"held-out generated tasks; mean ± std over seeds {', '.join(map(str, s.seeds))}; "
+      f"{s.steps} steps of {s.batch_size} sequences (joint: {s.batch_size // 2} per objective), "
+      f"cycle {s.run_lengths}. The safety targets themselves start with a refusal phrase "
+      f"{taught:.1%} of the time (the refusal rate of a model that copies them)."
+    ),
+    **{k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(s).items()},
+    "data": args.data,
+    "taught_refusal_rate": taught,
+    "n_params": prep.n_params,
+    "base_seconds": prep.base_seconds,
+    "sets": {x.name: {"n": len(x.prompts), "harmful": x.harmful} for x in d.prompt_sets},
+  }
+  payload = {"setup": setup, "base": base_ev, "runs": runs}
+  payload["total_seconds"] = time.perf_counter() - t_start
+  report.write(
+    s.out,
+    payload,
+    [
+      ("Safety, over-refusal, utility", table),
+      ("Refusal rate per evaluation set", per_set),
+      ("Refusal rate per category", categories),
+      ("Conflict diagnostics (mean over training)", report.diagnostics_table(runs)),
+    ],
+  )
+  if runs:
+    plots.tradeoff(rows, "safety", ["over_refusal", "utility"], s.out / "tradeoff.png", d.name)
+    plots.conflict(runs, s.out / "conflict.png")
+    plots.loss_curves(runs, list(NAMES), s.out / "loss_curves.png")
+  log("\n" + table)
+  log(
+    f"\n[done] {payload['total_seconds']:.0f}s total; wrote {s.out}/results.json, results.md, "
+    "tradeoff.png, conflict.png, loss_curves.png"
+  )
+  return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+  """Parses flags and runs; bad input ends with one line naming the problem (status 2)."""
+  args = parser().parse_args(argv)
+  try:
+    d, real = load(args)
+    vocab, max_len = (2048, 128) if real else (1024, 128)
+    s = job_settings(args, k=2, vocab=vocab, max_len=max_len, base_epochs=3)
+  except (DataError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  run(args, s, d)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
