@@ -155,3 +155,17 @@ def test_program_shaping_arguments_name_static_args(factory, kwargs, arg):
   u1, _ = tx.update(jax.grad(loss)(p), tx.init(p), p)
   u2, _ = plain.update(jax.grad(loss)(p), plain.init(p), p)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-8), u1, u2)
+
+
+@pytest.mark.parametrize("factory", [do.dualoptim_plus, do.dualoptim, do.dualoptim_plus_muon])
+def test_dtype_types_are_callables_to_inject_hyperparams(factory):
+  """``jnp.bfloat16`` is callable, so inject_hyperparams takes it for a schedule: say so."""
+  with pytest.raises(TypeError, match=r"static_args=\('mu_dtype',\)"):
+    optax.inject_hyperparams(factory)(1e-3, mu_dtype=jnp.bfloat16).init(params())
+  for tx in (
+    optax.inject_hyperparams(factory, static_args=("mu_dtype",))(1e-3, mu_dtype=jnp.bfloat16),
+    optax.inject_hyperparams(factory)(1e-3, mu_dtype="bfloat16"),
+  ):
+    state = tx.init(params())
+    dtypes = {x.dtype for x in jax.tree.leaves(state.inner_state) if x.shape == (64, 64)}
+    assert jnp.dtype(jnp.bfloat16) in dtypes

@@ -129,6 +129,25 @@ def static_int(name: str, value: Any, default: int | None = None) -> int:
   return int(value)
 
 
+def storage_dtype(name: str, value: Any) -> Any:
+  """``value`` (None or a dtype), rejecting the array ``optax.inject_hyperparams`` makes of a type.
+
+  ``jnp.bfloat16`` is callable, so ``inject_hyperparams`` treats it as a
+  schedule and passes its value at the step count instead.
+
+  Example:
+    >>> storage_dtype("mu_dtype", "bfloat16")
+    'bfloat16'
+  """
+  if isinstance(value, jax.Array | np.ndarray):
+    raise TypeError(
+      f"{name} arrived as an array, not a dtype: optax.inject_hyperparams treats callables "
+      f"(jnp.bfloat16 is one) as schedules. Pass static_args=({name!r},) or a dtype name "
+      f"such as {name}='bfloat16'."
+    )
+  return value
+
+
 def check_decays(eps: Any, **decays: Any) -> None:
   """Raises ValueError unless every decay is in ``[0, 1)`` and ``eps >= 0``."""
   for name, value in decays.items():
@@ -224,7 +243,15 @@ def check_hyperparameter(
   ):
     hi = "" if high is None else (f", {high}]" if high_inclusive else f", {high})")
     rng = f"[{low}{hi}" if high is not None else f">= {low}"
-    raise ValueError(f"{name}={value!r} is outside its valid range {rng}.")
+    hint = ""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype.itemsize < 4:
+      # e.g. b2=0.999 becomes exactly 1.0 in bfloat16.
+      hint = (
+        f" It is a {dtype} array: optax.inject_hyperparams stores hyperparameters in the "
+        "params' dtype, which rounds them; pass hyperparam_dtype=jnp.float32."
+      )
+    raise ValueError(f"{name}={value!r} is outside its valid range {rng}.{hint}")
 
 
 def evaluate_schedule(value: Any, count: jax.Array) -> Any:

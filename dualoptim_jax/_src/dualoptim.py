@@ -84,6 +84,8 @@ def scale_by_dualoptim(
   lengths = base.objective_run_lengths(num_objectives, forget_steps, retain_steps, run_lengths)
   base.check_decays(eps, b1=b1, b2=b2)
   k_obj = len(lengths)
+  mu_dtype = base.storage_dtype("mu_dtype", mu_dtype)
+  nu_dtype = base.storage_dtype("nu_dtype", nu_dtype)
 
   def init_fn(params):
     return ScaleByDualOptimState(

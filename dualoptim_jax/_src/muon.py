@@ -216,6 +216,7 @@ def scale_by_dualoptim_plus_muon(
   ns_steps = base.static_int("ns_steps", ns_steps, DEFAULT_NS_STEPS)
   coeffs = _ns_coeffs_array(ns_coeffs, ns_steps)
   k_obj = len(lengths)
+  mu_dtype = base.storage_dtype("mu_dtype", mu_dtype)
 
   def init_fn(params):
     def zeros():
