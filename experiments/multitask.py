@@ -65,9 +65,6 @@ def common_parser(prog: str, doc: str, *, out: str, steps: int, lrs: str, k: int
   )
   p.add_argument("--base-lr", type=cli.number(float, lo=0, lo_open=True), default=3e-3)
   p.add_argument(
-    "--copy-size", type=cli.number(int, lo=2), default=3000, help="copy pairs of the base model"
-  )
-  p.add_argument(
     "--diag-every", type=cli.number(int, lo=1), default=None, help="steps between diagnostics"
   )
   return p
@@ -114,6 +111,7 @@ def parser() -> cli.Parser:
     lrs="3e-3",
     k=3,
   )
+  p.add_argument("--copy-size", type=cli.number(int, lo=2), default=3000, help="base model pairs")
   p.add_argument("--n-authors", type=cli.number(int, lo=2), default=200, help="training authors")
   p.add_argument("--eval-size", type=cli.number(int, lo=1), default=120, help="held-out per task")
   p.add_argument(

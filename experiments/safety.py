@@ -2,15 +2,15 @@
 
 Safety alignment with two objectives: **safety** (harmful request -> safe
 response) and **utility** (benign request -> correct answer). A helpful base
-model (copying, the generated utility tasks and look-alike benign requests;
-no harmful request) is trained once and cached; every optimizer then aligns it
+model (the utility data: copying, reading comprehension and look-alike benign
+requests; no harmful request) is trained once and cached; every optimizer then aligns it
 on the same budget: ``joint`` AdamW (sum of both losses), ``alternating`` AdamW
 and the DualOptim family with one delta pair per objective (same cycle).
 
 Metrics on greedy outputs: refusal rate on held-out harmful requests (safety;
 XSTest's string match, :mod:`experiments.evaluation.generation`), refusal rate
 on benign look-alikes (over-refusal), utility on held-out generated tasks
-(``qa`` ROUGE-L recall, ``reverse`` exact match; their mean), and refusal per
+(``qa`` ROUGE-L recall, ``copy`` exact match; their mean), and refusal per
 category. Data: generated stand-ins (default, offline) or ``--data FOLDER``
 with the layout of ``../shared/data/safety`` (Safety-Tuned LLaMAs + XSTest).
 """
@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from experiments.data import multitask as mt_data
+from experiments import cli
 from experiments.data import safety as data
 from experiments.data.batching import round_up
 from experiments.data.corpus import DataError
@@ -54,14 +54,17 @@ def parser():
     "../shared/data/safety (safety_only_data_Instructions.json, evaluation/*.json, "
     "xstest_prompts.csv)",
   )
+  p.add_argument("--n-authors", type=cli.number(int, lo=2), default=150, help="utility qa authors")
+  p.add_argument("--copy-size", type=cli.number(int, lo=2), default=1500, help="utility copy pairs")
   return p
 
 
 def load(args) -> tuple[data.SafetyData, bool]:
   """The data and whether it is the real (folder) data; DataError for a bad folder."""
+  size = dict(n_authors=args.n_authors, n_copy=args.copy_size)
   if args.data == "synthetic":
-    return data.generate(), False
-  return data.load(pathlib.Path(args.data)), True
+    return data.generate(**size), False
+  return data.load(pathlib.Path(args.data), **size), True
 
 
 def make_evaluate(prep: mo.Prepared, d: data.SafetyData):
@@ -113,8 +116,8 @@ def brief(rec: dict) -> str:
 def run(args, s: mo.JobSettings, d: data.SafetyData, log=print) -> dict:
   """Runs the job and writes results.json, results.md and the plots."""
   t_start = time.perf_counter()
-  base_pairs = mt_data.copy_pairs(args.copy_size) + d.utility_train
-  texts = d.texts() + [x for p in base_pairs for x in p]
+  base_pairs = d.utility_train  # a helpful model that has never seen a harmful request
+  texts = d.texts()
   taught = generation.refusal_rate([a for _, a in d.safety_train])
   log(f"[data] {d.name}: {d.notes}; refusal rate of the safety targets {taught:.3f}")
   prep = mo.prepare(texts, base_pairs, s, log)

@@ -14,8 +14,8 @@ SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "safe
 
 
 def test_generator_is_deterministic_and_held_out_is_disjoint():
-  a, b = data.generate(), data.generate()
-  assert a == b and a != data.generate(seed=1)
+  a, b = data.generate(n_authors=10, n_copy=50), data.generate(n_authors=10, n_copy=50)
+  assert a == b and a != data.generate(n_authors=10, n_copy=50, seed=1)
   harmful, benign = a.prompt_sets
   assert harmful.harmful and not benign.harmful
   train = {q for q, _ in a.safety_train + a.utility_train}
@@ -27,9 +27,13 @@ def test_generator_is_deterministic_and_held_out_is_disjoint():
     "safe_contexts",
     "definitions",
   }
-  # every held-out request reuses a verb seen in training (only the pairing is new)
-  verbs = [v for v in data._VERBS if any(f" {v} " in q for q, _ in a.safety_train)]
-  assert sorted(verbs) == sorted(data._VERBS)
+  # held-out requests use trained verbs on objects no training request mentions
+  for verbs_from in (a.safety_train, a.utility_train):
+    assert all(any(f" {v} " in q for q, _ in verbs_from) for v in data._VERBS)
+  for o in data._HARMFUL_TARGETS:
+    trained = any(q.endswith(f" {o}?") or q.endswith(f" {o}.") for q, _ in a.safety_train)
+    held = any(q.endswith(f" {o}?") or q.endswith(f" {o}.") for q in harmful.prompts)
+    assert trained != held, o
   assert all(generation.is_refusal(r) for _, r in a.safety_train)
   assert not any(generation.is_refusal(r) for _, r in a.utility_train)
   for t in a.utility_tasks:
@@ -105,7 +109,8 @@ def test_load_shared_data():
 
 
 def _smoke(tmp_path, extra):
-  argv = ["--model-size", "tiny", "--copy-size", "40", "--base-epochs", "1", "--steps", "2",
+  argv = ["--model-size", "tiny", "--copy-size", "40", "--n-authors", "4", "--base-epochs", "1",
+          "--steps", "2",
           "--diag-every", "1", "--optimizers", "alternating,dualoptim_plus_8bit",
           "--out", str(tmp_path / "out"), *extra]  # fmt: skip
   assert safety.main(argv) == 0
@@ -117,7 +122,7 @@ def test_two_step_run_generated(tmp_path):
   assert [r["optimizer"] for r in res["runs"]] == ["alternating", "dualoptim_plus_8bit"]
   for r in res["runs"]:
     assert 0.0 <= r["safety"] <= 1.0 and 0.0 <= r["over_refusal"] <= 1.0
-    assert set(r["tasks"]) == {"qa", "reverse"} and "benign: homonyms" in r["categories"]
+    assert set(r["tasks"]) == {"qa", "copy"} and "benign: homonyms" in r["categories"]
     assert [e["objective"] for e in r["log"]] == ["safety", "utility"]
   assert set(res["runs"][1]["diagnostics"][-1]["delta_cosine"]) == {"safety/utility"}
   md = (tmp_path / "out" / "results.md").read_text()

@@ -57,6 +57,7 @@ from experiments.models import decoder as modellib
 from experiments.models import make_apply
 
 JOINT, ALTERNATING = "joint", "alternating"
+PROBE_SIZE = 64
 DEFAULT_OPTIMIZERS = (
   JOINT,
   ALTERNATING,
@@ -140,9 +141,13 @@ class ObjectiveBatches:
     self.queues[o], idx = q[n:], np.array(q[:n])
     return Batch(*(a[idx] for a in self.arrays[o]))
 
-  def idle(self, o: int) -> Batch:
-    """A fixed batch of objective ``o`` (the inactive slots of a step; never trained on)."""
-    idx = np.arange(self.batch_size) % self.sizes[o]
+  def idle(self, o: int, n: int | None = None) -> Batch:
+    """A fixed batch of ``n`` (default ``batch_size``) sequences of objective ``o``.
+
+    It fills the inactive slots of a step (never trained on) and, larger, is the
+    probe the gradient cosines are measured on.
+    """
+    idx = np.arange(n or self.batch_size) % self.sizes[o]
     return Batch(*(a[idx] for a in self.arrays[o]))
 
   def next(self, objective: int) -> tuple[Batch, ...]:
@@ -236,7 +241,8 @@ class MultiObjectiveTrainer:
     tx, step = self._step_fn(name, params)
     opt_state = tx.init(params)
     lr = jnp.asarray(peak_lr, jnp.float32)
-    probe = tuple(batches.idle(o) for o in range(self.k))
+    # 64 sequences per objective: a single batch's gradient is mostly sampling noise
+    probe = tuple(batches.idle(o, PROBE_SIZE) for o in range(self.k))
     plan = schedule_of(self.run_lengths, self.steps)
     pending, diags, t0 = [], [], time.perf_counter()
     t_diag = 0.0
