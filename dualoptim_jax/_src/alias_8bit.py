@@ -48,7 +48,10 @@ def dualoptim_plus_8bit(
   argument becomes an injectable hyperparameter, ``forget_steps`` and
   ``retain_steps`` included (the schedule is integer arithmetic on the step
   count, so run lengths may be traced); ``run_lengths`` and
-  ``objective_learning_rates`` are sequences, which it keeps static.
+  ``objective_learning_rates`` are sequences, which it keeps static. It takes
+  every callable for a schedule: list a callable ``mask`` (or ``keep_fp32``,
+  ``muon_weight_dimension_numbers``) in ``static_args``, or a mask function
+  silently becomes ``False`` (no weight decay), as with ``optax.adamw``.
   ``block_size`` and ``min_8bit_size`` shape the state, so they are static:
   their None defaults stay out of ``optax.inject_hyperparams``; passed
   explicitly through it, list them in ``static_args`` (an array raises a
@@ -129,7 +132,10 @@ def dualoptim_8bit(
   argument becomes an injectable hyperparameter, ``forget_steps`` and
   ``retain_steps`` included (the schedule is integer arithmetic on the step
   count, so run lengths may be traced); ``run_lengths`` and
-  ``objective_learning_rates`` are sequences, which it keeps static.
+  ``objective_learning_rates`` are sequences, which it keeps static. It takes
+  every callable for a schedule: list a callable ``mask`` (or ``keep_fp32``,
+  ``muon_weight_dimension_numbers``) in ``static_args``, or a mask function
+  silently becomes ``False`` (no weight decay), as with ``optax.adamw``.
   ``block_size`` and ``min_8bit_size`` shape the state, so they are static:
   their None defaults stay out of ``optax.inject_hyperparams``; passed
   explicitly through it, list them in ``static_args`` (an array raises a
@@ -200,6 +206,8 @@ def adamw_8bit(
   and ``min_8bit_size`` shape the state, so they are static: their None
   defaults stay out of ``optax.inject_hyperparams``; passed explicitly through
   it, list them in ``static_args`` (an array raises a ``TypeError`` that says so).
+  A callable ``mask`` or ``keep_fp32`` must be listed in ``static_args`` too
+  (it would be taken for a schedule).
 
   Args:
     learning_rate: learning rate (float or schedule).

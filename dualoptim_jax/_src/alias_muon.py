@@ -91,7 +91,10 @@ def dualoptim_plus_muon(
   argument becomes an injectable hyperparameter, ``forget_steps`` and
   ``retain_steps`` included (the schedule is integer arithmetic on the step
   count, so run lengths may be traced); ``run_lengths`` and
-  ``objective_learning_rates`` are sequences, which it keeps static.
+  ``objective_learning_rates`` are sequences, which it keeps static. It takes
+  every callable for a schedule: list a callable ``mask`` (or ``keep_fp32``,
+  ``muon_weight_dimension_numbers``) in ``static_args``, or a mask function
+  silently becomes ``False`` (no weight decay), as with ``optax.adamw``.
   ``ns_steps`` shapes the program: its None default (5) stays static; passed
   explicitly through ``optax.inject_hyperparams``, list it in ``static_args``.
 
