@@ -107,7 +107,8 @@ def loss_comparison(runs: list[dict], references: dict[str, dict], path: pathlib
   """Losses compared per optimizer: forget quality (log) and Min-K%++ AUC against model utility.
 
   One column per optimizer, one curve per loss (points = learning rates, mean over seeds,
-  error bars = std); the fine-tuned model (square) and the oracle (star) for reference.
+  error bars = std); the fine-tuned model (square) and the oracle (star) for reference; the
+  dotted line is the oracle's AUC (PrivLeak 0; below it = over-unlearned).
   """
   rows = aggregate(runs)
   opts = list(dict.fromkeys(r["optimizer"] for r in rows))
@@ -142,6 +143,8 @@ def loss_comparison(runs: list[dict], references: dict[str, dict], path: pathlib
     for name, ev in references.items():
       flat = summary_row(ev)
       marker = "*" if "oracle" in name else "s"
+      if "oracle" in name and not np.isnan(flat["mia_auc"]):  # PrivLeak 0 lies on this line
+        axes[1, j].axhline(flat["mia_auc"], color="k", ls=":", lw=0.8)
       for i, key in enumerate(keys):
         if not np.isnan(flat[key]):
           axes[i, j].scatter(
@@ -161,6 +164,61 @@ def loss_comparison(runs: list[dict], references: dict[str, dict], path: pathlib
     for i in range(2):
       axes[i, j].set_xlabel("model utility")
     axes[0, j].legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+
+
+_LOSS_STYLES = ("-", "--", ":", "-.")
+
+
+def attribution(runs: list[dict], references: dict[str, dict], path: pathlib.Path) -> None:
+  """Owner attribution, Tug-of-War and fluency of the forget answers against model utility.
+
+  One curve per (loss, optimizer): colour = optimizer, line style = loss; points = learning
+  rates (mean over seeds, error bars = std); the fine-tuned model (square) and the oracle
+  (star) for reference.
+  """
+  rows = aggregate(runs)
+  keys = (
+    ("forget_attribution", "forget attribution (P forget owner)"),
+    ("tug_of_war", "Tug-of-War (ROUGE-L vs oracle)"),
+    ("fluency", "fluency (token entropy, forget answers)"),
+  )
+  styles = {loss: _LOSS_STYLES[i % 4] for i, loss in enumerate(sorted({r["loss"] for r in rows}))}
+  fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 4.4), squeeze=False)
+  for loss, opt in dict.fromkeys((r["loss"], r["optimizer"]) for r in rows):
+    rs = sorted(
+      (r for r in rows if (r["loss"], r["optimizer"]) == (loss, opt)), key=lambda r: r["lr"]
+    )
+    mu, mu_s = (np.array([r["model_utility"][i] for r in rs]) for i in (0, 1))
+    for ax, (key, _) in zip(axes[0], keys, strict=True):
+      y, ys = (np.array([r[key][i] for r in rs]) for i in (0, 1))
+      ax.errorbar(
+        mu,
+        y,
+        xerr=mu_s,
+        yerr=ys,
+        color=_color(opt),
+        ls=styles[loss],
+        marker="o",
+        ms=4,
+        capsize=2,
+        lw=1.2,
+        label=f"{loss} {opt}",
+      )
+  for name, ev in references.items():
+    flat = summary_row(ev)
+    for ax, (key, _) in zip(axes[0], keys, strict=True):
+      if not np.isnan(flat[key]):
+        marker = "*" if "oracle" in name else "s"
+        ax.scatter(
+          [flat["model_utility"]], [flat[key]], marker=marker, color="k", s=50, label=name, zorder=5
+        )
+  for ax, (_, label) in zip(axes[0], keys, strict=True):
+    ax.set_xlabel("model utility")
+    ax.set_ylabel(label)
+  axes[0, 0].legend(fontsize=6)
   fig.tight_layout()
   fig.savefig(path, dpi=90)
   plt.close(fig)
