@@ -11,10 +11,14 @@ Example:
   (1, 8)
 """
 
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from experiments.models.generate import generate
 from experiments.models.hf.config import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
 from experiments.models.hf.config import Arch as Arch
 from experiments.models.hf.config import CheckpointError as CheckpointError
-from experiments.models.hf.generate import greedy_generate as greedy_generate
 from experiments.models.hf.loading import load_model as load_model
 from experiments.models.hf.loading import load_tokenizer as load_tokenizer
 from experiments.models.hf.loading import save_model as save_model
@@ -48,3 +52,29 @@ __all__ = (
   "merge_lora",
   "save_model",
 )
+
+
+def greedy_generate(model: nnx.Module, ids, mask, max_new_tokens: int) -> jax.Array:
+  """Greedy continuation ``(B, max_new_tokens)`` int32 of left-padded prompts, no EOS stop.
+
+  The KV-cached loop of :func:`experiments.models.generate.generate` (compiled once per
+  architecture, prompt shape and length), at a fixed length as the ``hf_tiny`` references are
+  made; the pipeline's evaluator stops at the checkpoint's EOS ids instead.
+
+  Args:
+    model: a loaded checkpoint (or any model with ``init_cache`` and ``decode``).
+    ids: (B, P) prompt ids, left-padded.
+    mask: (B, P) 1 for prompt tokens, 0 for padding.
+    max_new_tokens: tokens to generate (>= 1).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from flax import nnx
+    >>> from experiments.models.decoder import DecoderLM, config_for
+    >>> model = DecoderLM(config_for("tiny", 50, 16), nnx.Rngs(0))
+    >>> ids = jnp.array([[0, 5, 6], [4, 5, 6]], jnp.int32)
+    >>> greedy_generate(model, ids, (ids > 0).astype(jnp.int32), 4).shape
+    (2, 4)
+  """
+  ids, mask = jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32)
+  return generate(model, ids, mask, max_new_tokens)

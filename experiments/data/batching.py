@@ -1,9 +1,12 @@
 """Tokenised question/answer sequences as fixed-shape arrays.
 
-A sequence is ``[BOS] "Question: q\\nAnswer:" " a" [EOS]`` (right-padded). The
-target mask is 1 on the answer tokens and the final EOS and 0 on the question
-and padding, so every loss sees only the answer (questions masked out).
-Prompts for generation are left-padded ``[BOS] "Question: q\\nAnswer:"``.
+A sequence is ``[BOS] prompt answer [EOS]`` (right-padded), with the prompt and
+answer texts from a :mod:`~experiments.data.prompts` format (default
+``"Question: q\\nAnswer:"`` and ``" a"``) and the ids from
+:class:`~experiments.data.tokenizer.SpecialIds` (BOS only where the tokenizer
+writes one). The target mask is 1 on the answer tokens and the final EOS and 0
+on the question and padding, so every loss sees only the answer (questions
+masked out). Prompts for generation are left-padded ``[BOS] prompt``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from experiments.data import tokenizer as toklib
+from experiments.data.prompts import PromptFormat, prompt_format
 
 
 class Batch(NamedTuple):
@@ -30,11 +34,6 @@ class Batch(NamedTuple):
   targets: np.ndarray
 
 
-def prompt_text(question: str) -> str:
-  """The prompt template (as TOFU's ``Question: ... Answer:``)."""
-  return f"Question: {question}\nAnswer:"
-
-
 def round_up(n: int, multiple: int) -> int:
   """``n`` rounded up to a multiple of ``multiple``."""
   return -(-n // multiple) * multiple
@@ -46,10 +45,27 @@ class Encoder:
   Args:
     tok: the tokenizer.
     max_len: longest sequence; longer answers are truncated (EOS kept).
+    specials: the special ids (default: the in-house tokenizer's).
+    prompt: the prompt format (default ``tofu``).
+
+  Example:
+    >>> tok = toklib.train_tokenizer(["Question: Who?\\nAnswer: Ann."], 300)
+    >>> enc = Encoder(tok, 32)
+    >>> ids, n_prompt = enc.pair("Who?", "Ann.")
+    >>> enc.decode(ids[n_prompt:])
+    'Ann.'
   """
 
-  def __init__(self, tok: Tokenizer, max_len: int):
-    self.tok, self.max_len = tok, max_len
+  def __init__(
+    self,
+    tok: Tokenizer,
+    max_len: int,
+    specials: toklib.SpecialIds = toklib.IN_HOUSE,
+    prompt: PromptFormat | None = None,
+  ):
+    self.tok, self.max_len, self.specials = tok, max_len, specials
+    self.format = prompt or prompt_format()
+    self._bos = [specials.bos] if specials.add_bos else []
     self._cache: dict[str, list[int]] = {}
 
   def _ids(self, text: str) -> list[int]:
@@ -58,14 +74,19 @@ class Encoder:
     return self._cache[text]
 
   def prompt(self, question: str) -> list[int]:
-    """``[BOS]`` + prompt tokens (truncated to half of ``max_len``)."""
-    return [toklib.BOS] + self._ids(prompt_text(question))[: self.max_len // 2 - 1]
+    """``[BOS]`` (where the tokenizer writes one) + prompt tokens (at most ``max_len // 2``)."""
+    text = self._ids(self.format.prompt(question))
+    return self._bos + text[: self.max_len // 2 - len(self._bos)]
 
   def pair(self, question: str, answer: str) -> tuple[list[int], int]:
     """Token ids of the full sequence and the number of prompt tokens."""
     p = self.prompt(question)
-    a = self._ids(" " + answer)[: self.max_len - len(p) - 1] + [toklib.EOS]
-    return p + a, len(p)
+    a = self._ids(self.format.answer(answer))[: self.max_len - len(p) - 1]
+    return p + a + [self.specials.eos[0]], len(p)
+
+  def decode(self, ids) -> str:
+    """Text of generated ``ids``, cut at the first EOS (any of the checkpoint's)."""
+    return toklib.decode(self.tok, ids, self.specials)
 
   def batch(self, pairs: list[tuple[str, str]], length: int | None = None) -> Batch:
     """Right-padded :class:`Batch` of (question, answer) pairs.
@@ -77,7 +98,7 @@ class Encoder:
     seqs = [self.pair(q, a) for q, a in pairs]
     if length is None:
       length = round_up(max(len(s) for s, _ in seqs), 16)
-    ids = np.zeros((len(seqs), length), np.int32)
+    ids = np.full((len(seqs), length), self.specials.pad, np.int32)
     mask = np.zeros((len(seqs), length), np.int32)
     targets = np.zeros((len(seqs), length), np.float32)
     for i, (s, n_prompt) in enumerate(seqs):
@@ -93,7 +114,7 @@ class Encoder:
 
   def prompts(self, questions: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded prompt ids and mask, shape ``(len(questions), length)``."""
-    ids = np.zeros((len(questions), length), np.int32)
+    ids = np.full((len(questions), length), self.specials.pad, np.int32)
     mask = np.zeros((len(questions), length), np.int32)
     for i, q in enumerate(questions):
       p = self.prompt(q)[-length:]

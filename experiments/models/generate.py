@@ -22,19 +22,20 @@ def make_generate(
   graphdef,
   max_new_tokens: int,
   *,
-  eos_id: int | None = None,
+  eos_id: int | tuple[int, ...] | None = None,
   pad_id: int = 0,
   sample: bool = False,
 ):
   """A jitted ``fn(params, ids, mask[, key, temperature]) -> (B, max_new_tokens)`` int32.
 
   Tokens after the first ``eos_id`` of a row are ``pad_id`` (the EOS itself is
-  kept); with ``eos_id=None`` every row runs ``max_new_tokens`` steps.
+  kept); with ``eos_id=None`` every row runs ``max_new_tokens`` steps. A tuple of
+  ids stops at any of them (checkpoints with several EOS ids).
 
   Args:
     graphdef: the model's ``nnx`` graph definition (``nnx.split(model)[0]``).
     max_new_tokens: number of generated tokens (static).
-    eos_id: end-of-sequence id, or None for no stopping.
+    eos_id: end-of-sequence id (or ids), or None for no stopping.
     pad_id: the id written after EOS.
     sample: False for greedy decoding; True to sample from
       ``softmax(logits / temperature)`` with an explicit ``jax.random`` key
@@ -55,6 +56,7 @@ def make_generate(
   """
   if max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  stops = () if eos_id is None else tuple(eos_id) if isinstance(eos_id, tuple) else (eos_id,)
 
   def run(params, ids, mask, key, temperature):
     model = nnx.merge(graphdef, params)
@@ -77,8 +79,8 @@ def make_generate(
     def body(i, carry):
       tok, pos, caches, out, done = carry
       out = out.at[:, i].set(jnp.where(done, jnp.int32(pad_id), tok))
-      if eos_id is not None:
-        done = done | (tok == eos_id)
+      for stop in stops:
+        done = done | (tok == stop)
       logits, caches = model.decode(tok[:, None], pos[:, None], key_mask, caches, p + i)
       return pick(logits[:, -1], i + 1), pos + 1, caches, out, done
 
@@ -102,7 +104,7 @@ def generate(
   mask: jax.Array,
   max_new_tokens: int,
   *,
-  eos_id: int | None = None,
+  eos_id: int | tuple[int, ...] | None = None,
   pad_id: int = 0,
   key: jax.Array | None = None,
   temperature: float = 1.0,
@@ -117,7 +119,7 @@ def generate(
     ids: ``(B, P)`` int32 prompt ids, left-padded.
     mask: ``(B, P)`` 1 for real prompt tokens, 0 for padding.
     max_new_tokens: how many tokens to generate.
-    eos_id: stop token (rows are padded with ``pad_id`` after it), or None.
+    eos_id: stop token or tokens (rows are padded with ``pad_id`` after it), or None.
     pad_id: the padding id.
     key: a ``jax.random`` key to sample at ``temperature``; None for greedy.
     temperature: sampling temperature (> 0; ignored when greedy).
