@@ -91,8 +91,9 @@ class Checkpoints:
         continue
       # Restored arrays come back committed to a device; jit keys its cache on
       # that, so hand back plain (uncommitted) arrays like freshly built ones, or
-      # the first step after a restore would compile twice.
-      fresh = lambda t: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), t)
+      # the first step after a restore would compile twice. Arrays restored onto a
+      # mesh (the targets' NamedShardings) stay there: placement is the point.
+      fresh = lambda t: jax.tree.map(_uncommitted, t)
       return fresh(params), fresh(opt_state), step
     return None
 
@@ -104,6 +105,13 @@ class Checkpoints:
       target = self.directory / f"damaged-{step}-{n}"
     (self.directory / str(step)).rename(target)
     return target
+
+
+def _uncommitted(x: jax.Array) -> jax.Array:
+  """``x`` as a plain array, unless it lies on a mesh."""
+  if isinstance(x.sharding, jax.sharding.NamedSharding):
+    return x
+  return jnp.asarray(np.asarray(x))
 
 
 def set_aside(path: pathlib.Path) -> pathlib.Path:

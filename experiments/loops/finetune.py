@@ -2,7 +2,8 @@
 
 The NNX model is split once into a graph definition and a parameter state; the
 jitted step takes and returns the state, and the learning rate is a traced
-argument so one compiled step serves both models.
+argument so one compiled step serves both models. A LoRA model trains its
+adapters only: its base weights ride along as the step's ``frozen`` argument.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from experiments.data.batching import Encoder, round_up
 from experiments.data.corpus import QA
 from experiments.loops import losses, optimizers
 from experiments.loops.checkpoint import Checkpoints
+from experiments.models import with_frozen
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +45,12 @@ class FineTuneConfig:
 
 
 def make_finetune_step(apply, params, weight_decay: float):
-  """``(tx, step)`` for fine-tuning; ``step(params, opt_state, batch, lr)`` is jitted once.
+  """``(tx, step)`` for fine-tuning; ``step(params, opt_state, batch, lr, frozen)`` is jitted once.
 
   The learning rate is a traced argument (AdamW's update is linear in it), so
   the same compiled step serves the original model and the oracle, whose
-  schedules differ in length.
+  schedules differ in length. ``frozen`` is the untrained state (None, or a
+  LoRA model's base weights).
   """
   tx = optax.chain(
     optax.clip_by_global_norm(1.0),
@@ -55,14 +58,17 @@ def make_finetune_step(apply, params, weight_decay: float):
       1.0, b1=0.9, b2=0.98, weight_decay=weight_decay, mask=optimizers.decay_mask(params)
     ),
   )
+  tx = optimizers.for_params(tx, params)
 
   @jax.jit
-  def step(params, opt_state, batch, lr):
-    loss, grads = jax.value_and_grad(lambda p: losses.ce_mean(apply, p, batch))(params)
+  def step(params, opt_state, batch, lr, frozen):
+    run = with_frozen(apply, frozen)
+    loss, grads = jax.value_and_grad(lambda p: losses.ce_mean(run, p, batch))(params)
     with jax.numpy_dtype_promotion("standard"):  # optax's bias correction: float ** int32
       updates, opt_state = tx.update(grads, opt_state, params)
-    updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
-    return optax.apply_updates(params, updates), opt_state, loss
+      updates = jax.tree.map(lambda u: u * lr.astype(u.dtype), updates)
+      params = optax.apply_updates(params, updates)  # bf16 weights: float32 sum, rounded once
+    return params, opt_state, loss
 
   return tx, step
 
@@ -78,6 +84,8 @@ def fine_tune(
   seed: int = 0,
   desc: str = "fine-tune",
   step_fn=None,
+  frozen=None,
+  place_batch=None,
 ):
   """Trains ``params`` on ``data`` (mean answer CE), resuming from ``ckpt_dir``.
 
@@ -91,6 +99,9 @@ def fine_tune(
     seed: shuffling seed.
     desc: progress-bar label.
     step_fn: a ``(tx, step)`` pair from :func:`make_finetune_step` to reuse.
+    frozen: state merged into the model but not trained (a LoRA model's base).
+    place_batch: puts each batch where the step wants it (e.g. split over a
+      mesh's ``data`` axis); None leaves it to ``jit``.
 
   Returns:
     ``(params, losses)``: the trained parameters and the mean loss per epoch of
@@ -126,7 +137,9 @@ def fine_tune(
       bucket = 16 if encoder.max_len <= 64 else 32  # few distinct shapes, little padding
       length = min(round_up(encoder.max_pair_len(chunk), bucket), encoder.max_len)
       lr = jnp.asarray(schedule(epoch * n_batches + b), jnp.float32)
-      params, opt_state, loss = step(params, opt_state, encoder.batch(chunk, length), lr)
+      batch = encoder.batch(chunk, length)
+      batch = batch if place_batch is None else place_batch(batch)
+      params, opt_state, loss = step(params, opt_state, batch, lr, frozen)
       epoch_losses.append(loss)
     history.append(float(np.mean(jax.device_get(epoch_losses))))
     bar.set_postfix(loss=f"{history[-1]:.3f}")

@@ -12,16 +12,24 @@ its one state. The DualOptim family comes from :mod:`dualoptim_jax` by name
 (``dualoptim``, ``dualoptim_plus``, ``dualoptim_plus_8bit``,
 ``dualoptim_plus_muon``, ...), so variants added to the library later are
 picked up without changes here.
+
+Every optimizer is fitted to its parameters by :func:`for_params`: moments
+in float32 when the parameters are not (the reference trains bfloat16 weights
+with float32 moments), and on a mesh the gradients laid out like their
+parameters and the state created with each parameter's sharding.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding
 
 import dualoptim_jax
 
@@ -69,12 +77,118 @@ def lr_shape(warmup_steps: int, total_steps: int):
 
 
 def decay_mask(params) -> Any:
-  """True for leaves with weight decay: everything but 1-D leaves (norm scales, biases)."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+  """True for leaves with weight decay: everything but norms and biases.
+
+  Norm scales are 1-D; biases are 1-D or, in head-shaped projections, named
+  ``bias``. LoRA adapters (2-D) are decayed, as HF's trainer decays them.
+  """
+
+  def decayed(path, p):
+    return p.ndim > 1 and not any(getattr(k, "key", None) == "bias" for k in path)
+
+  return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def param_shardings(params) -> Any:
+  """The parameters' ``NamedSharding`` tree when they lie on a multi-device mesh, else None."""
+  shardings = [getattr(p, "sharding", None) for p in jax.tree.leaves(params)]
+  if not shardings or not all(isinstance(s, NamedSharding) for s in shardings):
+    return None
+  if shardings[0].mesh.size == 1:
+    return None
+  return jax.tree.map(lambda p: p.sharding, params)
+
+
+def int8_block_size(params, shardings, default: int = 256) -> int:
+  """The largest int8 block (dividing ``default``) that no shard boundary cuts.
+
+  An 8-bit moment is blocked along its last axis; when that axis is sharded,
+  each shard must hold whole blocks (``dualoptim_jax.state_shardings`` checks).
+  Without ``shardings`` (one device) it is ``default``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
+    >>> on_4 = NamedSharding(AbstractMesh((4,), ("data",)), P(None, "data"))
+    >>> int8_block_size({"w": jax.ShapeDtypeStruct((4, 64), jnp.float32)}, {"w": on_4})
+    16
+  """
+  block = default
+  if shardings is None:
+    return block
+  for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shardings), strict=True):
+    entry = tuple(s.spec)[p.ndim - 1] if p.ndim and len(s.spec) >= p.ndim else None
+    names = () if entry is None else entry if isinstance(entry, tuple) else (entry,)
+    n = math.prod(s.mesh.shape[a] for a in names)
+    block = math.gcd(block, p.shape[-1] // n) if n > 1 else block
+  return block
+
+
+def _float32_init(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """``tx`` with its state created from float32 copies of the params (float32 moments)."""
+  return optax.GradientTransformationExtraArgs(
+    lambda params: tx.init(optax.tree.cast(params, jnp.float32)), tx.update
+  )
+
+
+def gradients_like(shardings) -> optax.GradientTransformation:
+  """A stateless transformation that lays the gradients out like ``shardings`` (the params').
+
+  The backward pass leaves the gradients' layout to the compiler; constrained,
+  the optimizer's arithmetic runs on each parameter's own shards.
+  """
+  return optax.stateless(lambda g, _: jax.lax.with_sharding_constraint(g, shardings))
+
+
+def _committed_device(params):
+  """The one device all ``params`` are committed to, or None (uncommitted, or several)."""
+  leaves = jax.tree.leaves(params)
+  if not leaves or not all(getattr(p, "committed", False) for p in leaves):
+    return None
+  devices = {d for p in leaves for d in p.sharding.device_set}
+  return devices.pop() if len(devices) == 1 else None
+
+
+def for_params(tx: optax.GradientTransformation, params) -> optax.GradientTransformation:
+  """``tx`` fitted to ``params``: float32 moments, and on a mesh sharded like the params.
+
+  - Parameters below float32 (bf16): the state is created from float32 copies,
+    so every moment is float32 (optax's adam has no ``nu_dtype``).
+  - Parameters on a mesh: the gradients are constrained to their parameter's
+    sharding before the optimizer reads them, and ``init`` creates each state
+    leaf with its parameter's sharding (``dualoptim_jax.state_shardings``).
+  - Parameters committed to one device (a loaded checkpoint, a fine-tuned
+    model): ``init`` commits the state there too, or the first step (state
+    uncommitted) and the later ones (committed) would compile separately.
+
+  Elsewhere ``tx`` is returned as is.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> tx = for_params(optax.adam(1e-3), {"w": jnp.zeros(3, jnp.bfloat16)})
+    >>> tx.init({"w": jnp.zeros(3, jnp.bfloat16)})[0].nu["w"].dtype
+    dtype('float32')
+  """
+  if any(p.dtype != jnp.float32 for p in jax.tree.leaves(params)):
+    tx = _float32_init(tx)
+  shardings = param_shardings(params)
+  if shardings is None:
+    device = _committed_device(params)
+    if device is None:
+      return tx
+    init = lambda p: jax.device_put(tx.init(p), device)
+    return optax.GradientTransformationExtraArgs(init, tx.update)
+  tx = optax.chain(gradients_like(shardings), tx)
+  block = int8_block_size(params, shardings)
+  state = dualoptim_jax.state_shardings(tx, params, shardings, block_size=block)
+  return optax.GradientTransformationExtraArgs(jax.jit(tx.init, out_shardings=state), tx.update)
 
 
 def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransformation:
   """The named optimizer (clipping included) with ``schedule`` as its learning rate.
+
+  Fitted to ``params`` by :func:`for_params`; 8-bit optimizers on a mesh use
+  the largest block size the shards allow (:func:`int8_block_size`).
 
   Raises:
     OptimizerUnavailable: unknown name, or a DualOptim variant missing from
@@ -91,7 +205,7 @@ def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransfor
       weight_decay=recipe.weight_decay,
       mask=mask,
     )
-    return optax.chain(clip, tx)
+    return for_params(optax.chain(clip, tx), params)
   if not name.startswith("dualoptim"):
     raise OptimizerUnavailable(f"unknown optimizer {name!r}; use adamw or a dualoptim_jax name")
   factory = getattr(dualoptim_jax, name, None)
@@ -99,6 +213,9 @@ def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransfor
     raise OptimizerUnavailable(
       f"optimizer {name!r} is not available: the installed dualoptim_jax has no {name}()"
     )
+  options = {}
+  if "block_size" in inspect.signature(factory).parameters:
+    options["block_size"] = int8_block_size(params, param_shardings(params))
   tx = factory(
     schedule,
     forget_learning_rate=schedule,
@@ -109,8 +226,9 @@ def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransfor
     mask=mask,
     forget_steps=recipe.forget_steps,
     retain_steps=recipe.retain_steps,
+    **options,
   )
-  return optax.chain(clip, tx)
+  return for_params(optax.chain(clip, tx), params)
 
 
 def available(name: str) -> bool:
@@ -119,5 +237,19 @@ def available(name: str) -> bool:
 
 
 def state_bytes(opt_state) -> int:
-  """Bytes held by the optimizer state's arrays."""
-  return int(sum(x.nbytes for x in jax.tree.leaves(opt_state) if hasattr(x, "nbytes")))
+  """Bytes held by the optimizer state's arrays (or ``jax.ShapeDtypeStruct`` leaves)."""
+  leaves = jax.tree.leaves(opt_state)
+  return int(sum(x.size * jnp.dtype(x.dtype).itemsize for x in leaves if hasattr(x, "dtype")))
+
+
+def planned_state_bytes(name: str, recipe: Recipe, params) -> int:
+  """State bytes the named optimizer would hold for ``params``, without allocating them.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> planned_state_bytes("dualoptim_plus", Recipe(), {"w": jnp.zeros((10, 10))})
+    2416
+  """
+  abstract = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params)
+  tx = build(name, lr_shape(1, 2), recipe, abstract)
+  return state_bytes(jax.eval_shape(tx.init, abstract))

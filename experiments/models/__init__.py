@@ -1,14 +1,19 @@
-"""Models: the in-house decoder (``decoder``) and, later, HF-format families.
+"""Models: the in-house decoder (``decoder``) and the HF-format families (``hf``).
 
 Every model is an ``nnx.Module`` called as ``model(ids, mask) -> logits``;
-the loops work on its split ``(graphdef, params)`` through :func:`make_apply`.
+the loops work on its split ``(graphdef, params[, frozen])`` through
+:func:`make_apply`: ``params`` is what they train (all parameters, or a LoRA
+model's adapters) and ``frozen`` the rest (a LoRA model's base weights), passed
+to every jitted step as an argument.
 """
 
 from __future__ import annotations
 
 
 def make_apply(graphdef):
-  """``apply(params, ids, mask) -> logits`` for an ``nnx`` graph definition.
+  """``apply(params, ids, mask, frozen=None) -> logits`` for an ``nnx`` graph definition.
+
+  ``frozen`` is merged with ``params`` when given (see :func:`with_frozen`).
 
   Example:
     >>> import jax.numpy as jnp
@@ -20,4 +25,23 @@ def make_apply(graphdef):
   """
   from flax import nnx
 
-  return lambda params, ids, mask: nnx.merge(graphdef, params)(ids, mask)
+  def apply(params, ids, mask, frozen=None):
+    rest = () if frozen is None else (frozen,)
+    return nnx.merge(graphdef, params, *rest)(ids, mask)
+
+  return apply
+
+
+def with_frozen(apply, frozen):
+  """``apply`` with the untrained state bound: ``(params, ids, mask) -> logits``, as losses call it.
+
+  Bind inside the jitted step (``frozen`` a traced argument): closed over outside
+  ``jit``, the frozen weights would be compiled into the program as constants.
+
+  Example:
+    >>> with_frozen(print, None) is print
+    True
+  """
+  if frozen is None:
+    return apply
+  return lambda params, ids, mask: apply(params, ids, mask, frozen)
