@@ -20,7 +20,6 @@ import numpy as np
 from flax import nnx
 
 from dualoptim_jax import unlearning
-from experiments.data import tokenizer as toklib
 from experiments.data.batching import Encoder, round_up
 from experiments.data.corpus import QA, Corpus
 from experiments.evaluation import metrics
@@ -55,6 +54,8 @@ class Evaluator:
     limit: questions evaluated per set (first ``limit``; None for all).
     batch_size: rows per compiled call.
     max_new_tokens: generation length cap.
+    audit: ``audit(questions, generations) -> dict`` merged into every evaluation
+      (fluency, owner attribution: :class:`experiments.evaluation.attribution.Audit`).
   """
 
   def __init__(
@@ -66,7 +67,9 @@ class Evaluator:
     limit: int | None = 40,
     batch_size: int = 64,
     max_new_tokens: int = 96,
+    audit=None,
   ):
+    self.audit = audit
     self.sets = _eval_sets(corpus, limit)
     self.encoder, self.batch_size = encoder, batch_size
     pairs, index = [], {}
@@ -109,7 +112,8 @@ class Evaluator:
       return jnp.stack([avg_logp, min_k, min_k_pp], axis=1)
 
     self._score = jax.jit(score)
-    self._generate = make_generate(graphdef, self.max_new, eos_id=toklib.EOS, pad_id=toklib.PAD)
+    specials = encoder.specials  # the checkpoint's EOS ids (any of them stops) and padding
+    self._generate = make_generate(graphdef, self.max_new, eos_id=specials.eos, pad_id=specials.pad)
 
   def _batched(self, fn, params, arrays):
     n, bs = arrays[0].shape[0], self.batch_size
@@ -133,7 +137,7 @@ class Evaluator:
   def generations(self, params) -> list[str]:
     """Greedy answers to every evaluated question (in ``self.questions`` order)."""
     ids = self._batched(self._generate, params, [self.prompt_ids, self.prompt_mask])
-    return [toklib.decode(self.encoder.tok, row) for row in ids]
+    return [self.encoder.decode(row) for row in ids]
 
   def __call__(
     self, params, oracle_forget_r: np.ndarray | None = None, oracle_mia: dict | None = None
@@ -185,6 +189,8 @@ class Evaluator:
       None if oracle_forget_r is None else unlearning.forget_quality(f["r"], oracle_forget_r)
     )
     out["mia"] = self._mia(scores, oracle_mia)
+    if self.audit is not None:
+      out.update(self.audit(self.questions, gens))
     return out
 
   def _mia(self, scores: np.ndarray, oracle_mia: dict | None) -> dict | None:

@@ -8,6 +8,15 @@ import pathlib
 
 import numpy as np
 
+# Audits an evaluation may lack (NaN then): Tug-of-War (ROUGE-L vs the oracle), fluency (token
+# entropy of the forget answers), owner attribution (experiments/evaluation/attribution.py).
+AUDIT_COLUMNS = (
+  ("tug_of_war", "ToW"),
+  ("fluency", "fluency"),
+  ("forget_attribution", "forget attr"),
+  ("retain_attribution", "retain attr"),
+  ("forget_attribution_check", "forget attr (check)"),
+)
 COLUMNS = (
   ("forget_quality", "FQ"),
   ("model_utility", "MU"),
@@ -17,7 +26,7 @@ COLUMNS = (
   ("retain_rouge", "retain ROUGE"),
   ("mia_auc", "MIA AUC"),
   ("privleak", "PrivLeak %"),
-)
+) + AUDIT_COLUMNS
 
 
 def _number(x) -> float:
@@ -29,6 +38,7 @@ def summary_row(ev: dict) -> dict[str, float]:
 
   ``mia_auc`` is the Min-K%++ AUC of forget vs holdout answers and ``privleak`` its
   relative gap to the oracle's, in percent (evaluations without a holdout: NaN).
+  The :data:`AUDIT_COLUMNS` are NaN where an evaluation lacks them.
   """
   mia = ev.get("mia") or {}
   return {
@@ -40,6 +50,7 @@ def summary_row(ev: dict) -> dict[str, float]:
     "retain_rouge": ev["retain"]["rouge"],
     "mia_auc": _number(mia.get("min_k_pp_auc")),
     "privleak": _number(mia.get("privleak")),
+    **{k: _number(ev.get(k)) for k, _ in AUDIT_COLUMNS},
   }
 
 
@@ -73,18 +84,23 @@ def _fmt(ms: tuple[float, float], n: int, digits: int = 3, *, percent: bool = Fa
 
 
 def markdown_table(rows: list[dict], references: dict[str, dict]) -> str:
-  """The comparison table: reference models first, then one row per (loss, optimizer, lr)."""
-  head = ["loss", "optimizer", "lr"] + [c for _, c in COLUMNS] + ["wall s", "state bytes"]
+  """The comparison table: reference models first, then one row per (loss, optimizer, lr).
+
+  Owner-attribution columns appear only when some evaluation has them (the audit ran).
+  """
+  audited = any("forget_attribution" in ev for ev in references.values())
+  columns = [(k, c) for k, c in COLUMNS if audited or "attribution" not in k]
+  head = ["loss", "optimizer", "lr"] + [c for _, c in columns] + ["wall s", "state bytes"]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for name, ev in references.items():
     flat = summary_row(ev)
     cells = ["-", name, "-"]
-    cells += [_fmt((flat[k], 0.0), 1, percent=k == "privleak") for k, _ in COLUMNS] + ["-", "-"]
+    cells += [_fmt((flat[k], 0.0), 1, percent=k == "privleak") for k, _ in columns] + ["-", "-"]
     lines.append("| " + " | ".join(cells) + " |")
   for r in sorted(rows, key=lambda r: (r["loss"], r["optimizer"], r["lr"])):
     n = len(r["seeds"])
     cells = [r["loss"], r["optimizer"], f"{r['lr']:g}"]
-    cells += [_fmt(r[k], n, percent=k == "privleak") for k, _ in COLUMNS]
+    cells += [_fmt(r[k], n, percent=k == "privleak") for k, _ in columns]
     cells += [f"{r['wall_s'][0]:.1f}", f"{r['state_bytes']:,}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
