@@ -18,12 +18,9 @@ import pathlib
 import sys
 import time
 
-import jax
 import numpy as np
-from flax import nnx
 
 from experiments.data import tokenizer as toklib
-from experiments.data.batching import Encoder
 from experiments.data.corpus import Corpus
 from experiments.evaluation import plots, report
 from experiments.evaluation.evaluate import Evaluator
@@ -31,8 +28,8 @@ from experiments.loops import losses, optimizers
 from experiments.loops.checkpoint import read_json, set_aside, write_json
 from experiments.loops.finetune import FineTuneConfig, fine_tune, make_finetune_step
 from experiments.loops.unlearn import UnlearnBatches, Unlearner
-from experiments.models import decoder as modellib
-from experiments.models import make_apply
+from experiments.models import setup as model_setup
+from experiments.models.setup import ModelOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,11 +50,19 @@ class Settings:
   eval_size: int
   finetune: FineTuneConfig
   recipe: optimizers.Recipe
+  model: ModelOptions = ModelOptions()  # in-house, or an HF checkpoint (dtype, LoRA, mesh)
 
 
 def _key(corpus: Corpus, s: Settings) -> str:
   blob = json.dumps(
-    [corpus.fingerprint(), s.model_size, s.vocab_size, s.max_len, dataclasses.asdict(s.finetune)],
+    [
+      corpus.fingerprint(),
+      s.model_size,
+      s.vocab_size,
+      s.max_len,
+      dataclasses.asdict(s.finetune),
+      *s.model.key_parts(),  # nothing for the in-house model: its keys are unchanged
+    ],
     sort_keys=True,
   )
   return hashlib.sha256(blob.encode()).hexdigest()[:12]
@@ -96,20 +101,16 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   t_start = time.perf_counter()
   s.out.mkdir(parents=True, exist_ok=True)
   cache = s.out / "checkpoints" / _key(corpus, s)
-  tok = _tokenizer(corpus, s, cache)
-  encoder = Encoder(tok, s.max_len)
-  cfg = modellib.config_for(s.model_size, tok.get_vocab_size(), s.max_len)
-  graphdef, init_params = nnx.split(modellib.DecoderLM(cfg, nnx.Rngs(0)))
-  n_params = sum(int(x.size) for x in jax.tree.leaves(init_params))
-  apply = make_apply(graphdef)
+  m = model_setup.prepare(s.model, s.max_len, lambda: _tokenizer(corpus, s, cache), s.model_size)
+  tok, encoder, graphdef, init_params, apply = m.tok, m.encoder, m.graphdef, m.params, m.apply
+  n_params = m.n_params
   log(f"[data] {corpus.name}: {corpus.notes}")
-  log(
-    f"[model] {s.model_size}: {n_params:,} parameters, vocab {cfg.vocab_size}, max_len {s.max_len}"
-  )
+  log(f"[model] {m.description}")
 
   t0 = time.perf_counter()
   step_fn = make_finetune_step(apply, init_params, s.finetune.weight_decay)
-  full, ft_hist = fine_tune(
+  placement = dict(frozen=m.frozen, place_batch=m.place_batch)
+  full, ft_hist = m.finetuned or fine_tune(  # --finetuned: the user's model as is
     apply,
     init_params,
     corpus.full_train(),
@@ -118,10 +119,11 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     cache / "full",
     desc="fine-tune (all data)",
     step_fn=step_fn,
+    **placement,
   )
   t_ft = time.perf_counter() - t0
   t0 = time.perf_counter()
-  oracle, or_hist = fine_tune(
+  oracle, or_hist = m.oracle or fine_tune(  # --oracle: the user's model as is
     apply,
     init_params,
     corpus.oracle_train(),
@@ -130,6 +132,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     cache / "oracle",
     desc="fine-tune (retain-only oracle)",
     step_fn=step_fn,
+    **placement,
   )
   t_or = time.perf_counter() - t0
   log(
@@ -138,10 +141,10 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   )
 
   evaluator = Evaluator(graphdef, encoder, corpus, limit=s.eval_size)
-  oracle_ev = evaluator(oracle)
+  oracle_ev = evaluator(m.full(oracle))
   oracle_r = np.asarray(oracle_ev["forget"]["r"])
   oracle_ev["forget_quality"] = 1.0
-  before = evaluator(full, oracle_r, oracle_ev["mia"])
+  before = evaluator(m.full(full), oracle_r, oracle_ev["mia"])
   log(f"[before unlearning] {_brief(before)}")
   log(f"[oracle]            {_brief(oracle_ev)}")
 
@@ -155,7 +158,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     "notes": corpus.notes,
     "model_size": s.model_size,
     "n_params": n_params,
-    "vocab_size": cfg.vocab_size,
+    "vocab_size": m.vocab_size,
     "max_len": s.max_len,
     "finetune": dataclasses.asdict(s.finetune),
     "recipe": dataclasses.asdict(s.recipe),
@@ -169,6 +172,9 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     "eval_size": s.eval_size,
     "schedule": "linear warm-up (1 epoch of forget batches) then linear decay to 0",
   }
+  if m.info:  # a checkpoint: where it came from; state bytes of what is trained vs everything
+    planned = model_setup.state_bytes(m, s.optimizer_names, s.recipe)
+    setup["model"] = {**m.info, "state_bytes": planned}
   runs_dir = s.out / "runs"
   runs_dir.mkdir(exist_ok=True)
   payload = {
@@ -202,14 +208,17 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     res = unlearner.run(
       full,
       full,
-      batches,
+      m.placed(batches),
       opt,
       f_name,
       r_name,
       lr,
       desc=f"[{i + 1}/{len(grid)}] {loss} {opt} lr={lr:g} seed={seed}",
+      frozen=m.frozen,
     )
-    ev = evaluator(res.params, oracle_r, oracle_ev["mia"])
+    ev = evaluator(m.full(res.params), oracle_r, oracle_ev["mia"])
+    if s.model.save_model:
+      m.export(res.params, pathlib.Path(s.model.save_model) / name)
     rec = {
       "loss": loss,
       "optimizer": opt,

@@ -2,9 +2,12 @@
 
 Defaults: generated data, the ~1M-parameter ``small`` model, split forget05,
 losses NPO+GD and IDK+GD, optimizers adamw (alternating), dualoptim,
-dualoptim_plus, dualoptim_plus_8bit, one seed and one learning rate. Errors in
-the inputs (bad paths, unknown losses or optimizers, malformed data files)
-print one line naming the problem and exit with status 2.
+dualoptim_plus, dualoptim_plus_8bit, one seed and one learning rate. With
+``--model PATH`` (or ``--finetuned PATH --oracle PATH``) an HF-format
+checkpoint replaces the in-house model (see :mod:`experiments.model_flags`).
+Errors in the inputs (bad paths, unknown losses or optimizers, malformed data
+files, flags that do not go together) print one line naming the problem and
+exit with status 2.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import argparse
 import pathlib
 import sys
 
-from experiments import cli
+from experiments import cli, model_flags
 from experiments.data.corpus import DataError, check_split
 from experiments.loops import losses, optimizers
 from experiments.loops.finetune import FineTuneConfig
@@ -56,8 +59,8 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--lrs",
     type=cli.number_list(float, lo=0, lo_open=True),
-    default=[1e-3],
-    help="comma list of peak unlearning learning rates (> 0)",
+    default=None,
+    help="comma list of peak unlearning learning rates (> 0; default 1e-3, checkpoints 1e-5)",
   )
   p.add_argument(
     "--steps",
@@ -84,13 +87,16 @@ def parser() -> argparse.ArgumentParser:
   )
   p.add_argument("--eval-size", type=POSITIVE, default=40, help="questions evaluated per set")
   p.add_argument(
-    "--ft-epochs", type=POSITIVE, default=None, help="fine-tuning epochs, >= 1 (16 / TOFU 30)"
+    "--ft-epochs",
+    type=POSITIVE,
+    default=None,
+    help="fine-tuning epochs, >= 1 (16 / TOFU 30 / checkpoints 5)",
   )
   p.add_argument(
     "--ft-lr",
     type=cli.number(float, lo=0, lo_open=True),
-    default=3e-3,
-    help="fine-tuning peak learning rate (> 0)",
+    default=None,
+    help="fine-tuning peak learning rate (> 0; default 3e-3, checkpoints 1e-5)",
   )
   p.add_argument("--ft-batch-size", type=POSITIVE, default=32, help="fine-tuning batch size")
   p.add_argument(
@@ -109,6 +115,7 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--retain-steps", type=cli.number(int, lo=0), default=5, help="retain steps per cycle (>= 0)"
   )
+  model_flags.add_arguments(p)
   p.add_argument("--out", default="results", help="output folder")
   return p
 
@@ -135,6 +142,8 @@ def settings_from(args, real: bool):
   from experiments.models.decoder import MODEL_SIZES
   from experiments.pipeline import Settings
 
+  model = model_flags.options_from(args)
+  ckpt = model.checkpoint is not None  # pretrained: the reference's lr 1e-5 and 5 epochs
   names = [n for item in (args.loss or list(DEFAULT_LOSSES)) for n in cli.name_list(item)]
   for n in names:
     losses.parse_loss(n)
@@ -154,8 +163,10 @@ def settings_from(args, real: bool):
   if args.model_size not in MODEL_SIZES:
     choices = ", ".join(MODEL_SIZES)
     raise ValueError(f"unknown --model-size {args.model_size!r}; choose from {choices}")
-  seeds, lrs = list(dict.fromkeys(args.seeds)), list(dict.fromkeys(args.lrs))
-  ft_epochs = args.ft_epochs or (30 if real else 16)
+  seeds = list(dict.fromkeys(args.seeds))
+  lrs = list(dict.fromkeys(args.lrs or [1e-5 if ckpt else 1e-3]))
+  ft_epochs = args.ft_epochs or (5 if ckpt else 30 if real else 16)
+  ft_lr = args.ft_lr or (1e-5 if ckpt else 3e-3)
   return Settings(
     out=pathlib.Path(args.out),
     loss_names=tuple(names),
@@ -169,8 +180,9 @@ def settings_from(args, real: bool):
     vocab_size=args.vocab_size or (2048 if real else 1024),
     max_len=args.max_len or (128 if real else 64),
     eval_size=args.eval_size,
-    finetune=FineTuneConfig(epochs=ft_epochs, batch_size=args.ft_batch_size, lr=args.ft_lr),
+    finetune=FineTuneConfig(epochs=ft_epochs, batch_size=args.ft_batch_size, lr=ft_lr),
     recipe=optimizers.Recipe(forget_steps=args.forget_steps, retain_steps=args.retain_steps),
+    model=model,
   )
 
 

@@ -27,6 +27,8 @@ BAD = [
   ("--n-authors", "1", "integer >= 2"),
   ("--forget-steps", "0", "integer >= 1"),
   ("--retain-steps", "-1", "integer >= 0"),
+  ("--lora-rank", "0", "integer >= 1"),
+  ("--mesh", "data:0", "data:N,model:M"),
 ]
 
 

@@ -21,6 +21,7 @@ import dualoptim_jax
 from experiments.data.batching import Batch, Encoder
 from experiments.data.corpus import Corpus
 from experiments.loops import losses, optimizers
+from experiments.models import with_frozen
 
 
 class UnlearnBatches:
@@ -98,9 +99,9 @@ class Unlearner:
       opt_name, optimizers.lr_shape(self.warmup, self.steps), self.recipe, params
     )
     f_loss, r_loss = losses.FORGET_LOSSES[forget], losses.RETAIN_LOSSES[retain]
-    apply = self.apply
 
-    def loss_fn(p, ref, batches, objective):
+    def loss_fn(p, ref, batches, objective, frozen):
+      apply = with_frozen(self.apply, frozen)  # frozen: a LoRA model's base weights, or None
       return jax.lax.cond(
         objective == dualoptim_jax.FORGET,
         lambda: f_loss(apply, p, ref, batches),
@@ -108,12 +109,13 @@ class Unlearner:
       )
 
     @jax.jit
-    def step(params, opt_state, ref, batches, objective, peak_lr):
-      loss, grads = jax.value_and_grad(loss_fn)(params, ref, batches, objective)
+    def step(params, opt_state, ref, batches, objective, peak_lr, frozen):
+      loss, grads = jax.value_and_grad(loss_fn)(params, ref, batches, objective, frozen)
       with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
         updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
-      updates = jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates)
-      return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads)
+        updates = jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates)
+        params = optax.apply_updates(params, updates)  # bf16 weights: float32 sum, rounded once
+      return params, opt_state, loss, optax.tree.norm(grads)
 
     self._compiled[key] = (tx, step)
     return tx, step
@@ -129,8 +131,13 @@ class Unlearner:
     peak_lr: float,
     *,
     desc: str = "unlearn",
+    frozen=None,
   ) -> UnlearnResult:
-    """Unlearns from ``params`` for ``self.steps`` steps; returns params and per-step log."""
+    """Unlearns from ``params`` for ``self.steps`` steps; returns params and per-step log.
+
+    ``frozen`` is the state merged into the model but not trained (a LoRA
+    model's base weights), or None.
+    """
     tx, step = self._step_fn(opt_name, forget, retain, params)
     opt_state = tx.init(params)
     period = self.recipe.forget_steps + self.recipe.retain_steps
@@ -147,7 +154,7 @@ class Unlearner:
       )
       b = batches.next(objective)
       params, opt_state, loss, gnorm = step(
-        params, opt_state, ref_params, b, jnp.asarray(objective, jnp.int32), lr
+        params, opt_state, ref_params, b, jnp.asarray(objective, jnp.int32), lr, frozen
       )
       pending.append((k, objective, loss, gnorm))
     jax.block_until_ready(params)
