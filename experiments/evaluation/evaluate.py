@@ -54,6 +54,8 @@ class Evaluator:
     limit: questions evaluated per set (first ``limit``; None for all).
     batch_size: rows per compiled call.
     max_new_tokens: generation length cap.
+    audit: ``audit(questions, generations) -> dict`` merged into every evaluation
+      (fluency, owner attribution: :class:`experiments.evaluation.attribution.Audit`).
   """
 
   def __init__(
@@ -65,7 +67,9 @@ class Evaluator:
     limit: int | None = 40,
     batch_size: int = 64,
     max_new_tokens: int = 96,
+    audit=None,
   ):
+    self.audit = audit
     self.sets = _eval_sets(corpus, limit)
     self.encoder, self.batch_size = encoder, batch_size
     pairs, index = [], {}
@@ -185,6 +189,8 @@ class Evaluator:
       None if oracle_forget_r is None else unlearning.forget_quality(f["r"], oracle_forget_r)
     )
     out["mia"] = self._mia(scores, oracle_mia)
+    if self.audit is not None:
+      out.update(self.audit(self.questions, gens))
     return out
 
   def _mia(self, scores: np.ndarray, oracle_mia: dict | None) -> dict | None:
