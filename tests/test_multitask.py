@@ -69,9 +69,9 @@ def test_schedule_and_per_objective_counts():
   params = {"w": jnp.zeros((2, 3))}
   tx = mo.build("dualoptim_plus", 1e-2, optimizers.Recipe(), params, (2, 1, 1))
   state = tx.init(params)
+  update = jax.jit(lambda g, s, o: tx.update(g, s, params, objective=o)[1])
   for o in mo.schedule_of((2, 1, 1), 8):
-    g = {"w": jnp.full((2, 3), float(o + 1))}
-    _, state = tx.update(g, state, params, objective=jnp.asarray(o, jnp.int32))
+    state = update({"w": jnp.full((2, 3), float(o + 1))}, state, jnp.asarray(o, jnp.int32))
   st = dualoptim_jax.find_dualoptim_plus_state(state)
   assert st.objective_counts.tolist() == [4, 2, 2] and int(st.count) == 8
 
@@ -81,9 +81,10 @@ def test_delta_conflict_matches_library_for_two_objectives():
   tx = mo.build("dualoptim_plus", 1e-2, optimizers.Recipe(), params, (1, 1))
   state = tx.init(params)
   rng = np.random.default_rng(0)
+  update = jax.jit(lambda g, s, o: tx.update(g, s, params, objective=o)[1])
   for k in range(6):
     g = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32) * (1 if k % 2 else -1)}
-    _, state = tx.update(g, state, params, objective=jnp.asarray(k % 2, jnp.int32))
+    state = update(g, state, jnp.asarray(k % 2, jnp.int32))
   ours = diag.delta_conflict(state)
   lib = dualoptim_jax.conflict_metrics(state)
   np.testing.assert_allclose(ours["delta_cosine"][0, 1], lib["delta_cosine"], rtol=1e-5)
@@ -134,3 +135,21 @@ def test_bad_flags_give_one_line_errors(argv, message, capsys):
   assert e.value.code == 2
   err = capsys.readouterr().err
   assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_delta_cosine_of_orthogonal_objectives_is_minus_one_over_k_minus_one(k):
+  # The documented reading: no conflict at all (orthogonal, equal-norm gradients) still
+  # gives delta cosines of -1/(K-1); the base share is 1 / (1 + sqrt(K-1)).
+  basis = np.linalg.qr(np.random.default_rng(0).normal(size=(64, k)))[0].T
+  params = {"w": jnp.zeros(64)}
+  tx = mo.build("dualoptim_plus", 1e-3, optimizers.Recipe(), params, (1,) * k)
+  state = tx.init(params)
+  update = jax.jit(lambda g, s, o: tx.update(g, s, params, objective=o)[1])
+  for step in range(30 * k):
+    o = step % k
+    state = update({"w": jnp.asarray(basis[o], jnp.float32)}, state, jnp.asarray(o, jnp.int32))
+  c = diag.delta_conflict(state)
+  off = np.asarray(c["delta_cosine"])[~np.eye(k, dtype=bool)]
+  np.testing.assert_allclose(off, -1.0 / (k - 1), atol=0.03)
+  np.testing.assert_allclose(c["base_share"], 1.0 / (1.0 + np.sqrt(k - 1)), atol=0.03)

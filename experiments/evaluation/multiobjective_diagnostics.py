@@ -6,6 +6,17 @@ version is computed here from the state found in the optimizer state:
 ``dequantize_dualoptim_plus_state`` decodes an 8-bit one, and the Muon
 partition's two states (matrices, other leaves) are pooled. A candidate for
 the library.
+
+How to read them. The base tracks the mean of the objectives' gradients and
+each delta the residual of its objective against it, so for K objectives
+whose (momentum) gradients have equal norms and any common pairwise cosine
+``rho``, every delta cosine is ``-1/(K-1)`` (-1 for two objectives, -0.5 for
+three) *whatever* ``rho`` is: the delta cosine measures the construction, not
+the conflict. The base share does depend on it:
+``sqrt(1+(K-1) rho) / (sqrt(1+(K-1) rho) + sqrt((K-1)(1-rho)))``, 0.5 for
+two orthogonal objectives, 0.41 for three, 1 for identical ones and 0 for
+exactly opposed ones. The gradient cosines on fixed probe batches measure the
+conflict directly (noisier: single batches).
 """
 
 from __future__ import annotations
