@@ -18,12 +18,9 @@ loss(objective) -> grads -> ``tx.update(objective=)`` -> apply, and one compiled
 step per optimizer serves every learning rate and seed (the objective and the
 peak learning rate are traced).
 
-Diagnostics, logged every ``diag_every`` steps: the cosines between the K
-objectives' gradients on fixed probe batches (every optimizer: the conflict
-itself), and for the DualOptim+ family the pairwise cosines of the
-bias-corrected first-moment deltas and each objective's base share
-``|Bm| / (|Bm| + |Dm_o|)`` (the mechanism the paper credits; see
-:mod:`experiments.evaluation.multiobjective_diagnostics`).
+Logged every ``diag_every`` steps: the objectives' gradient cosines (every
+optimizer) and, for the DualOptim+ family, delta cosines and base shares
+(:mod:`experiments.evaluation.multiobjective_diagnostics`).
 """
 
 from __future__ import annotations
@@ -277,19 +274,9 @@ class MultiObjectiveTrainer:
 class JobSettings:
   """What the multi-task and safety CLIs control (see their ``--help``).
 
-  Attributes:
-    out: output folder (checkpoints, runs, results).
-    optimizer_names: optimizers compared.
-    seeds: seeds (batch order; the base model is shared).
-    lrs: peak learning rates.
-    steps: optimizer steps per run.
-    batch_size: sequences per step.
-    model_size: a :data:`~experiments.models.decoder.MODEL_SIZES` name.
-    vocab_size: BPE vocabulary.
-    max_len: longest sequence.
-    run_lengths: the objective cycle (one entry per objective).
-    base: the base model's training (AdamW; checkpointed and shared by every run).
-    diag_every: steps between conflict diagnostics.
+  Seeds change the batch order only (every run starts from the same base
+  model); ``base`` is the base model's AdamW training, checkpointed and shared;
+  ``run_lengths`` is the objective cycle (one entry per objective).
   """
 
   out: pathlib.Path
