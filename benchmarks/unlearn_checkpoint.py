@@ -12,7 +12,9 @@ Two tables, written to JSON as well::
    :class:`~experiments.loops.unlearn.Unlearner`, steady state after the first step, batch 4
    forget / 4 retain of generated QA, max_len 96): the in-house decoder at the ``hf_tiny``
    llama's shape vs the loaded llama in float32, bfloat16, with LoRA rank 8 and on a 4x2 mesh
-   (simulated on CPU: it shows the sharded program runs, not a speed-up).
+   (simulated on CPU: it shows the sharded program runs, not a speed-up). The models take
+   turns within every repeat (a shared machine slows them alike); median and best of the
+   repeats' mean step times.
 """
 
 from __future__ import annotations
@@ -70,18 +72,23 @@ def state_rows(hf_tiny: pathlib.Path) -> list[dict]:
   return rows
 
 
-def _ms_per_step(setup: model_setup.ModelSetup, steps: int) -> float:
+def _timer(setup: model_setup.ModelSetup, steps: int):
+  """``() -> ms per step`` of one unlearning run (compiled once, on the first call)."""
   corpus = synthetic.generate("forget05", n_authors=4)
-  batches = UnlearnBatches(corpus, setup.encoder, losses.roles_for("NPO", "GD"), 4, 0)
   unlearner = Unlearner(setup.apply, optimizers.Recipe(), steps, 1)
-  res = unlearner.run(
-    setup.params, setup.params, setup.placed(batches), "dualoptim_plus", "NPO", "GD", 1e-5,
-    frozen=setup.frozen,
-  )  # fmt: skip
-  return 1e3 * res.wall_s / steps
+
+  def run() -> float:
+    batches = UnlearnBatches(corpus, setup.encoder, losses.roles_for("NPO", "GD"), 4, 0)
+    res = unlearner.run(
+      setup.params, setup.params, setup.placed(batches), "dualoptim_plus", "NPO", "GD", 1e-5,
+      frozen=setup.frozen,
+    )  # fmt: skip
+    return 1e3 * res.wall_s / steps
+
+  return run
 
 
-def time_rows(hf_tiny: pathlib.Path, steps: int) -> list[dict]:
+def time_rows(hf_tiny: pathlib.Path, steps: int, repeats: int) -> list[dict]:
   """Wall time per unlearning step of each model variant."""
   llama = str(hf_tiny / "llama")
   variants = {
@@ -98,11 +105,17 @@ def time_rows(hf_tiny: pathlib.Path, steps: int) -> list[dict]:
   graphdef, params = nnx.split(DecoderLM(cfg, nnx.Rngs(0)))
   inhouse = model_setup.ModelSetup(ref.tok, ref.encoder, graphdef, params, None, 512, "")
   setups = {"in-house, llama-tiny shape": inhouse, **setups}
+  timers = {name: _timer(setup, steps) for name, setup in setups.items()}
+  times: dict[str, list[float]] = {name: [] for name in setups}
+  for _ in range(repeats + 1):  # the first round compiles: dropped
+    for name, timer in timers.items():
+      times[name].append(timer())
   rows = []
   for name, setup in setups.items():
     trained = sum(int(x.size) for x in jax.tree.leaves(setup.params))
-    ms = _ms_per_step(setup, steps)
-    rows.append({"model": name, "params": setup.n_params, "trained": trained, "ms": ms})
+    ms = sorted(times[name][1:])
+    row = {"model": name, "params": setup.n_params, "trained": trained}
+    rows.append({**row, "ms_median": ms[len(ms) // 2], "ms_best": ms[0], "ms_all": ms})
   return rows
 
 
@@ -110,22 +123,25 @@ def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   default = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hf_tiny"
   parser.add_argument("--hf-tiny", type=pathlib.Path, default=default)
-  parser.add_argument("--steps", type=int, default=30, help="unlearning steps timed per model")
+  parser.add_argument("--steps", type=int, default=30, help="unlearning steps per timed run")
+  parser.add_argument("--repeats", type=int, default=5, help="timed runs per model")
   parser.add_argument("--out", type=pathlib.Path, default=None, help="JSON output file")
   parser.add_argument("--cpu-devices", type=int, default=8, help="simulated CPU devices (mesh)")
   args = parser.parse_args(argv)
   jax.config.update("jax_num_cpu_devices", args.cpu_devices)  # before JAX starts its backend
-  states, times = state_rows(args.hf_tiny), time_rows(args.hf_tiny, args.steps)
+  states, times = state_rows(args.hf_tiny), time_rows(args.hf_tiny, args.steps, args.repeats)
   print("optimizer state bytes: full unlearning / LoRA rank 8 (all projections)")
   for r in states:
     cells = "  ".join(f"{o} {r[o]['full']:,} / {r[o]['lora_r8']:,}" for o in OPTIMIZERS)
     print(f"{r['model']}: {r['params']:,} params, {r['lora_r8_params']:,} adapter params; {cells}")
   print(f"\nms per unlearning step (NPO+GD, dualoptim_plus, {jax.devices()[0].platform})")
   for r in times:
-    print(f"{r['model']:30s} {r['params']:>9,d} params ({r['trained']:,} trained) {r['ms']:8.1f}")
+    what = f"{r['params']:>9,d} params ({r['trained']:,} trained)"
+    print(f"{r['model']:30s} {what}  median {r['ms_median']:7.1f}  best {r['ms_best']:7.1f}")
   if args.out:
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"platform": platform.platform(), "devices": len(jax.devices()), "steps": args.steps}
+    meta = {"platform": platform.platform(), "devices": len(jax.devices()), **vars(args)}
+    meta = {k: str(v) if isinstance(v, pathlib.Path) else v for k, v in meta.items()}
     args.out.write_text(json.dumps({"meta": meta, "state": states, "time": times}, indent=1))
 
 

@@ -74,7 +74,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     default=None,
     help="shard over data:N,model:M devices (checkpoints; CPU simulates them)",
   )
-  p.add_argument("--save-model", help="folder for the unlearned models in HF format (checkpoints)")
+  p.add_argument(
+    "--save-model",
+    help="folder for the models in HF format: each unlearned one, and the fine-tuned and oracle "
+    "models trained here (checkpoints)",
+  )
 
 
 def _check_folder(flag: str, value: str) -> None:

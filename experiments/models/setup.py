@@ -68,7 +68,8 @@ class ModelOptions:
     param_dtype: ``--param-dtype``: ``float32`` or ``bfloat16`` (moments stay float32).
     lora_rank: ``--lora-rank``: train rank-R adapters only (0: every parameter).
     mesh: ``--mesh``: ``(data, model)`` device counts, or None for one device.
-    save_model: ``--save-model``: folder for the unlearned models in HF format.
+    save_model: ``--save-model``: folder for the models in HF format (the unlearned ones, and
+      the fine-tuned and oracle models when trained here).
   """
 
   model: str | None = None
