@@ -139,6 +139,9 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     f"[fine-tune] {t_ft:.0f}s (final epoch loss {ft_hist[-1] if ft_hist else 'cached'}); "
     f"oracle {t_or:.0f}s"
   )
+  if s.model.save_model and m.finetuned is None:  # reusable later as --finetuned / --oracle
+    for name, state in (("finetuned", full), ("oracle", oracle)):
+      m.export(state, pathlib.Path(s.model.save_model) / name)
 
   evaluator = Evaluator(graphdef, encoder, corpus, limit=s.eval_size)
   oracle_ev = evaluator(m.full(oracle))
