@@ -22,9 +22,9 @@ import numpy as np
 
 from experiments.data import tokenizer as toklib
 from experiments.data.corpus import Corpus
-from experiments.evaluation import plots, report
+from experiments.evaluation import attribution, plots, report
 from experiments.evaluation.evaluate import Evaluator
-from experiments.loops import losses, optimizers
+from experiments.loops import losses, optimizers, rollout
 from experiments.loops.checkpoint import read_json, set_aside, write_json
 from experiments.loops.finetune import FineTuneConfig, fine_tune, make_finetune_step
 from experiments.loops.unlearn import UnlearnBatches, Unlearner
@@ -50,6 +50,8 @@ class Settings:
   eval_size: int
   finetune: FineTuneConfig
   recipe: optimizers.Recipe
+  attribution: bool = False  # owner-attribution audit (always on with a DeAttr loss)
+  classifier: str = "bow"  # the owner classifier of DeAttr's reward and the audit
   model: ModelOptions = ModelOptions()  # in-house, or an HF checkpoint (dtype, LoRA, mesh)
 
 
@@ -93,6 +95,8 @@ def _brief(ev: dict) -> str:
     f"FE {ev['forget_efficacy']:.3f}"
     + ("" if fq is None else f" | FQ {fq:.3g}")
     + ("" if not ev.get("mia") else f" | MIA AUC {ev['mia']['min_k_pp_auc']:.3f}")
+    + ("" if "tug_of_war" not in ev else f" | ToW {ev['tug_of_war']:.3f}")
+    + ("" if "forget_attribution" not in ev else f" | attr {ev['forget_attribution']:.3f}")
   )
 
 
@@ -143,11 +147,30 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     for name, state in (("finetuned", full), ("oracle", oracle)):
       m.export(state, pathlib.Path(s.model.save_model) / name)
 
-  evaluator = Evaluator(graphdef, encoder, corpus, limit=s.eval_size)
+  # The owner classifier costs seconds: built only for DeAttr runs or the attribution audit.
+  deattr = any(rollout.is_deattr(losses.parse_loss(n)[0]) for n in s.loss_names)
+  classifier = check = None
+  if deattr or s.attribution:
+    classifier, check, clf_reports = attribution.classifiers(
+      s.classifier, corpus, encoder, cache, apply, m.full(full)
+    )
+    for role, r in clf_reports.items():
+      log(
+        f"[{role}] {r['kind']}: held-out accuracy {r['heldout_accuracy']:.3f} "
+        f"(train {r['train_accuracy']:.3f}), temperature {r['temperature']:.2f}"
+      )
+  audit = attribution.Audit(tok, classifier, check)
+  evaluator = Evaluator(graphdef, encoder, corpus, limit=s.eval_size, audit=audit)
   oracle_ev = evaluator(m.full(oracle))
   oracle_r = np.asarray(oracle_ev["forget"]["r"])
   oracle_ev["forget_quality"] = 1.0
   before = evaluator(m.full(full), oracle_r, oracle_ev["mia"])
+  for ev in (oracle_ev, before):
+    ev["tug_of_war"] = attribution.tug_of_war_rouge(ev, oracle_ev)
+  rollouts = None
+  if deattr:
+    floor = oracle_ev["forget_attribution"]
+    rollouts = rollout.Rollouts(graphdef, encoder, corpus, classifier, floor, full=m.full)
   log(f"[before unlearning] {_brief(before)}")
   log(f"[oracle]            {_brief(oracle_ev)}")
 
@@ -174,6 +197,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     "optimizers": list(s.optimizer_names),
     "eval_size": s.eval_size,
     "schedule": "linear warm-up (1 epoch of forget batches) then linear decay to 0",
+    "classifier": s.classifier if classifier is not None else None,
   }
   if m.info:  # a checkpoint: where it came from; state bytes of what is trained vs everything
     planned = model_setup.state_bytes(m, s.optimizer_names, s.recipe)
@@ -187,9 +211,12 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     "runs": [],
     "finetune_seconds": {"full": t_ft, "oracle": t_or},
   }
-  run_key = hashlib.sha256(
-    json.dumps([_key(corpus, s), setup["recipe"], steps, s.batch_size, s.eval_size]).encode()
-  ).hexdigest()[:8]
+  if classifier is not None:
+    payload["classifier"] = clf_reports
+  key_parts = [_key(corpus, s), setup["recipe"], steps, s.batch_size, s.eval_size]
+  if classifier is not None:  # records with attribution (and DeAttr's reward) per classifier
+    key_parts.append(s.classifier)
+  run_key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:8]
   # Seed-major order: an interrupted job still has whole grids for its first seeds
   # (each step function is compiled once per optimizer and loss pair either way).
   grid = [
@@ -207,7 +234,11 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
       payload["runs"].append(cached)
       continue
     f_name, r_name = losses.parse_loss(loss)
-    batches = UnlearnBatches(corpus, encoder, losses.roles_for(f_name, r_name), s.batch_size, seed)
+    if rollout.is_deattr(f_name):
+      batches = rollouts.batches(f_name, r_name, s.batch_size, seed)
+    else:
+      roles = losses.roles_for(f_name, r_name)
+      batches = UnlearnBatches(corpus, encoder, roles, s.batch_size, seed)
     res = unlearner.run(
       full,
       full,
@@ -222,6 +253,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     ev = evaluator(m.full(res.params), oracle_r, oracle_ev["mia"])
     if s.model.save_model:
       m.export(res.params, pathlib.Path(s.model.save_model) / name)
+    ev["tug_of_war"] = attribution.tug_of_war_rouge(ev, oracle_ev)
     rec = {
       "loss": loss,
       "optimizer": opt,
@@ -233,6 +265,8 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
       "eval": ev,
       "log": res.log,
     }
+    if isinstance(batches, rollout.RolloutBatches):
+      rec["rollouts"] = batches.history  # per forget step: reward, attribution, seconds
     write_json(path, rec)
     payload["runs"].append(rec)
     log(
@@ -247,6 +281,8 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     plots.loss_curves(payload["runs"], s.out / "loss_curves.png")
     plots.tradeoff(payload["runs"], refs, s.out / "tradeoff.png")
     plots.loss_comparison(payload["runs"], refs, s.out / "loss_comparison.png")
+    if classifier is not None:
+      plots.attribution(payload["runs"], refs, s.out / "attribution.png")
   log("")
   log(report.markdown_table(report.aggregate(payload["runs"]), refs))
   log(

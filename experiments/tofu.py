@@ -20,6 +20,7 @@ from experiments import cli, model_flags
 from experiments.data.corpus import DataError, check_split
 from experiments.loops import losses, optimizers
 from experiments.loops.finetune import FineTuneConfig
+from experiments.models.classifier import KINDS
 
 DEFAULT_LOSSES = ("NPO+GD", "IDK+GD")
 
@@ -115,6 +116,18 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument(
     "--retain-steps", type=cli.number(int, lo=0), default=5, help="retain steps per cycle (>= 0)"
   )
+  p.add_argument(
+    "--attribution",
+    action="store_true",
+    help="owner-attribution audit of every model (always on with a DeAttr loss)",
+  )
+  p.add_argument(
+    "--classifier",
+    choices=KINDS,
+    default="bow",
+    help="owner classifier of DeAttr's reward and the audit: bow (token n-grams) or probe "
+    "(the fine-tuned LM's trunk); the other kind is the check classifier",
+  )
   model_flags.add_arguments(p)
   p.add_argument("--out", default="results", help="output folder")
   return p
@@ -182,6 +195,8 @@ def settings_from(args, real: bool):
     eval_size=args.eval_size,
     finetune=FineTuneConfig(epochs=ft_epochs, batch_size=args.ft_batch_size, lr=ft_lr),
     recipe=optimizers.Recipe(forget_steps=args.forget_steps, retain_steps=args.retain_steps),
+    attribution=args.attribution,
+    classifier=args.classifier,
     model=model,
   )
 

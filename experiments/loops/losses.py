@@ -120,6 +120,25 @@ def dipo(
   )
 
 
+def deattr(
+  apply, params, ref_params, b, *, clip=0.2, kl=0.0, samples=4, critic=0, own=0, floor=0, reuse=1
+):
+  """De-attribution's PPO step on sampled forget answers (``b["rollout"]``, loops/rollout.py).
+
+  Clipped surrogate on the sampled tokens' log-probs with the rollout's advantages, plus
+  ``kl`` x token ``KL(p_ref || p_theta)`` on those tokens. The other options shape the
+  rollout (:class:`experiments.loops.rollout.RolloutOptions`), not this loss.
+  """
+  del samples, critic, own, floor, reuse
+  r = b["rollout"]
+  logits, targets, mask = shifted(apply, params, r)
+  logp = unlearning.token_log_probs(logits, targets)
+  loss = unlearning.ppo_policy_loss(logp, r.old_logp, r.advantages, mask, clip_eps=clip)
+  if kl:
+    loss = loss + kl * unlearning.kl_loss(logits, _ref_logits(apply, ref_params, r), mask)
+  return loss
+
+
 def gd(apply, params, ref_params, b):
   """Gradient descent on the retain set: ``CE_mean(retain)``."""
   del ref_params
@@ -158,6 +177,15 @@ OPTIONS: dict[str, dict[str, tuple]] = {
     "mean": (int, lambda v: v in (0, 1), "0 or 1"),
   },
   "AP": {"beta": _POSITIVE},
+  "DeAttr": {
+    "clip": _NONNEGATIVE,
+    "kl": _NONNEGATIVE,
+    "samples": (int, lambda v: v >= 1, "an integer >= 1"),
+    "critic": (int, lambda v: v in (0, 1), "0 or 1"),
+    "own": (int, lambda v: v in (0, 1), "0 or 1"),
+    "floor": (int, lambda v: v in (0, 1), "0 or 1"),
+    "reuse": (int, lambda v: v >= 1, "an integer >= 1"),
+  },
 }
 
 
@@ -193,10 +221,19 @@ class _Registry(dict):
 
 
 FORGET_LOSSES: dict[str, LossFn] = _Registry(
-  {"GA": ga, "NPO": npo, "SimNPO": simnpo, "DPO": dpo, "IDK": idk, "ME": me, "DiPO": dipo}
+  {
+    "GA": ga,
+    "NPO": npo,
+    "SimNPO": simnpo,
+    "DPO": dpo,
+    "IDK": idk,
+    "ME": me,
+    "DiPO": dipo,
+    "DeAttr": deattr,
+  }
 )
 RETAIN_LOSSES: dict[str, LossFn] = _Registry({"GD": gd, "KL": kl, "AP": ap})
-NEEDS_REFERENCE = {"NPO", "DPO", "DiPO", "KL"}
+NEEDS_REFERENCE = {"NPO", "DPO", "DiPO", "KL", "DeAttr"}  # DeAttr: with kl > 0
 # Which batch roles each loss reads (the loop only builds what is needed).
 ROLES = {
   "GA": ("forget",),
@@ -206,6 +243,7 @@ ROLES = {
   "IDK": ("forget_idk",),
   "ME": ("forget",),
   "DiPO": ("forget",),
+  "DeAttr": ("forget",),  # the forget batch picks the questions; loops/rollout.py adds "rollout"
   "GD": ("retain",),
   "KL": ("retain",),
   "AP": ("retain", "retain_idk"),

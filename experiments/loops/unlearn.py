@@ -59,8 +59,10 @@ class UnlearnBatches:
     self.queues[side] = q[self.batch_size :]
     return np.array(q[: self.batch_size])
 
-  def next(self, objective: int) -> dict[str, Batch]:
-    """The batch dict of one step."""
+  def next(self, objective: int, params=None) -> dict[str, Batch]:
+    """The batch dict of one step (``params``, the current ones, serve on-policy batch makers
+    such as de-attribution's :class:`~experiments.loops.rollout.RolloutBatches`)."""
+    del params
     active = "forget" if objective == dualoptim_jax.FORGET else "retain"
     idx = {s: self._take(s) if s == active else self.idle[s] for s in self.sizes}
     return {
@@ -152,7 +154,7 @@ class Unlearner:
       objective = (
         dualoptim_jax.FORGET if k % period < self.recipe.forget_steps else dualoptim_jax.RETAIN
       )
-      b = batches.next(objective)
+      b = batches.next(objective, params)
       params, opt_state, loss, gnorm = step(
         params, opt_state, ref_params, b, jnp.asarray(objective, jnp.int32), lr, frozen
       )
