@@ -183,6 +183,47 @@ def lr_grid(rows: list[dict], loss: str, keys: tuple[str, ...] = GRID_KEYS) -> s
   return "\n".join(lines)
 
 
+ATTRIBUTION_GRID_KEYS = (
+  "forget_attribution",
+  "tug_of_war",
+  "forget_quality",
+  "model_utility",
+  "fluency",
+)
+EQUAL_FORGETTING = 0.05  # forget attribution at or below which a run counts as de-attributed
+
+
+def equal_forgetting(rows: list[dict], threshold: float = EQUAL_FORGETTING) -> str:
+  """Per (loss, optimizer): the learning rate with the best mean model utility among those whose
+  mean forget attribution is <= ``threshold`` (utility at equal forgetting), with its audits.
+
+  Example:
+    >>> row = lambda lr, a, mu: {"loss": "L", "optimizer": "o", "lr": lr, "seeds": [0],
+    ...   **{k: (0.5, 0.0) for k, _ in COLUMNS}, "forget_attribution": (a, 0.0),
+    ...   "model_utility": (mu, 0.0), "wall_s": (1.0, 0.0)}
+    >>> print(equal_forgetting([row(1e-3, 0.2, 0.8), row(3e-3, 0.01, 0.6)]).splitlines()[-1])
+    | L | o | 0.003 | 0.010 | 0.50±0.00 | 0.50±0.00 | 0.60±0.00 | 0.50±0.00 | 1.0 |
+  """
+  names = dict(COLUMNS)
+  keys = ATTRIBUTION_GRID_KEYS
+  head = ["loss", "optimizer", "lr"] + [names[k] for k in keys] + ["wall s"]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for loss, opt in dict.fromkeys((r["loss"], r["optimizer"]) for r in rows):
+    ok = [
+      r
+      for r in rows
+      if (r["loss"], r["optimizer"]) == (loss, opt) and r["forget_attribution"][0] <= threshold
+    ]
+    if not ok:
+      lines.append(f"| {loss} | {opt} | none | " + " | ".join("-" for _ in keys) + " | - |")
+      continue
+    best = max(ok, key=lambda r: r["model_utility"][0])
+    cells = [loss, opt, f"{best['lr']:g}", f"{best['forget_attribution'][0]:.3f}"]
+    cells += [_cell(k, best[k]) for k in keys[1:]] + [f"{best['wall_s'][0]:.1f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def write(out: pathlib.Path, payload: dict) -> None:
   """Writes ``results.json`` and ``results.md`` (table + setup) under ``out``."""
   out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +255,15 @@ def write(out: pathlib.Path, payload: dict) -> None:
   ]
   for loss in sorted({r["loss"] for r in rows}):
     md += [f"## {loss}", "", lr_grid(rows, loss), ""]
+  if "forget_attribution" in payload["before"]:
+    md += [
+      f"## Utility at equal forgetting (forget attribution <= {EQUAL_FORGETTING:g})",
+      "",
+      equal_forgetting(rows),
+      "",
+    ]
+    for loss in sorted({r["loss"] for r in rows}):
+      md += [f"## {loss}: attribution", "", lr_grid(rows, loss, ATTRIBUTION_GRID_KEYS), ""]
   md += [
     "## Hyperparameters",
     "",
