@@ -79,6 +79,8 @@ def markdown_table(
 def category_table(runs: list[dict], key: str, title: str) -> str:
   """Rows = categories of ``run[key]`` (category -> rate), columns = (optimizer, lr) means.
 
+  A reference run (the base model) may have ``lr`` 0: its column is its name.
+
   Example:
     >>> runs = [{"optimizer": "a", "lr": 0.1, "seed": 0, "cat": {"x": 0.25}}]
     >>> print(category_table(runs, "cat", "type"))
@@ -89,7 +91,7 @@ def category_table(runs: list[dict], key: str, title: str) -> str:
   cats = list(dict.fromkeys(c for r in runs for c in r[key]))
   cols = [(c, lambda r, c=c: r[key].get(c, np.nan)) for c in cats]
   rows = aggregate(runs, cols)
-  head = [f"{r['optimizer']} {r['lr']:g}" for r in rows]
+  head = [f"{r['optimizer']} {r['lr']:g}" if r["lr"] else r["optimizer"] for r in rows]
   lines = [f"| {title} | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
   for c in cats:
     lines.append(f"| {c} | " + " | ".join(fmt(r[c], len(r["seeds"])) for r in rows) + " |")
