@@ -127,6 +127,8 @@ def options_from(args: argparse.Namespace) -> ModelOptions:
         raise ValueError(f"{flag} needs a checkpoint (--model or --finetuned)")
   elif args.vocab_size is not None:
     raise ValueError("--vocab-size is for the in-house model (a checkpoint brings its tokenizer)")
+  elif args.model_size is not None:
+    raise ValueError("--model-size is for the in-house model (a checkpoint brings its shape)")
   if args.save_model and pathlib.Path(args.save_model).is_file():
     raise ValueError(f"--save-model {args.save_model}: a file is in the way (give a folder)")
   prompt_format(args.prompt_format)  # a malformed template: one line

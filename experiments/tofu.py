@@ -73,7 +73,11 @@ def parser() -> argparse.ArgumentParser:
     "--epochs", type=POSITIVE, default=5, help="unlearning epochs when --steps is unset (>= 1)"
   )
   p.add_argument("--batch-size", type=POSITIVE, default=4, help="unlearning batch size (>= 1)")
-  p.add_argument("--model-size", default="small", help="tiny | small (~1M, CPU) | base | large")
+  p.add_argument(
+    "--model-size",
+    default=None,
+    help="in-house model: tiny | small (default; ~1M, CPU) | base | large",
+  )
   p.add_argument(
     "--vocab-size",
     type=cli.number(int, lo=260, hi=1_000_000),
@@ -173,7 +177,8 @@ def settings_from(args, real: bool):
         file=sys.stderr,
       )
       opts.remove(o)
-  if args.model_size not in MODEL_SIZES:
+  model_size = args.model_size or "small"
+  if model_size not in MODEL_SIZES:
     choices = ", ".join(MODEL_SIZES)
     raise ValueError(f"unknown --model-size {args.model_size!r}; choose from {choices}")
   seeds = list(dict.fromkeys(args.seeds))
@@ -189,7 +194,7 @@ def settings_from(args, real: bool):
     steps=args.steps,
     epochs=args.epochs,
     batch_size=args.batch_size,
-    model_size=args.model_size,
+    model_size=model_size,
     vocab_size=args.vocab_size or (2048 if real else 1024),
     max_len=args.max_len or (128 if real else 64),
     eval_size=args.eval_size,

@@ -1,5 +1,7 @@
 """Every numeric flag of the TOFU job: a bad value is one line naming the flag and its range."""
 
+import pathlib
+
 import pytest
 
 from experiments import tofu
@@ -60,3 +62,13 @@ def test_good_lists_parse_and_deduplicate():
 def test_help_exits_zero(capsys):
   assert tofu.main(["--help"]) == 0
   assert "--seeds" in capsys.readouterr().out
+
+
+def test_model_size_with_a_checkpoint_is_refused(capsys, tmp_path):
+  llama = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hf_tiny" / "llama"
+  if not llama.is_dir():
+    pytest.skip(f"{llama} is absent (the shared hf_tiny checkpoints)")
+  argv = ["--model", str(llama), "--model-size", "tiny", "--out", str(tmp_path)]
+  assert tofu.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert "--model-size is for the in-house model" in err and "\n" not in err
