@@ -81,7 +81,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   )
 
 
-def _check_folder(flag: str, value: str) -> None:
+def check_folder(flag: str, value: str) -> None:
+  """Raises a one-line ValueError unless ``value`` is a readable HF-format checkpoint folder."""
   folder = pathlib.Path(value)
   if not folder.is_dir():
     raise ValueError(f"{flag} {value}: no such folder (an HF-format checkpoint folder)")
@@ -111,9 +112,9 @@ def options_from(args: argparse.Namespace) -> ModelOptions:
     raise ValueError("--finetuned and --oracle go together (forget quality needs the oracle)")
   for flag, value in (("--model", args.model), ("--finetuned", args.finetuned)):
     if value:
-      _check_folder(flag, value)
+      check_folder(flag, value)
   if args.oracle:
-    _check_folder("--oracle", args.oracle)
+    check_folder("--oracle", args.oracle)
   checkpoint = args.model or args.finetuned
   needs = {
     "--lora-rank": args.lora_rank is not None,

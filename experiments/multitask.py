@@ -21,18 +21,22 @@ import time
 
 import numpy as np
 
-from experiments import cli
+from experiments import cli, model_flags
 from experiments.data import multitask as data
 from experiments.data.batching import round_up
+from experiments.data.prompts import DEFAULT, FORMATS, prompt_format
 from experiments.evaluation import generation
 from experiments.evaluation import multiobjective_plots as plots
 from experiments.evaluation import multiobjective_report as report
 from experiments.loops import multiobjective as mo
 from experiments.loops.finetune import FineTuneConfig
 from experiments.models.decoder import MODEL_SIZES
+from experiments.models.setup import ModelOptions
 
 
-def common_parser(prog: str, doc: str, *, out: str, steps: int, lrs: str, k: int) -> cli.Parser:
+def common_parser(
+  prog: str, doc: str, *, out: str, steps: int, lrs: str, k: int, base_epochs: int = 3
+) -> cli.Parser:
   """The flags both multi-objective jobs share (each range-checked, one-line errors)."""
   p = cli.Parser(prog=prog, description=doc)
   p.add_argument("--out", default=out, help=f"output folder (default {out})")
@@ -58,10 +62,23 @@ def common_parser(prog: str, doc: str, *, out: str, steps: int, lrs: str, k: int
     default=[1] * k,
     help=f"the objective cycle, {k} run lengths (default {','.join(['1'] * k)})",
   )
-  p.add_argument("--model-size", choices=list(MODEL_SIZES), default="small")
+  p.add_argument(
+    "--model",
+    help="HF-format checkpoint folder (llama, qwen2, qwen3, phi, gemma) to train instead of the "
+    "in-house model; it is the base model (no copy pretraining unless --base-epochs)",
+  )
+  p.add_argument(
+    "--prompt-format",
+    default=DEFAULT,
+    help=f"{', '.join(FORMATS)} or a template with {{question}} and a final {{answer}}",
+  )
+  p.add_argument("--model-size", choices=list(MODEL_SIZES), default=None, help="(default small)")
   p.add_argument("--vocab-size", type=cli.number(int, lo=300), default=None, help="BPE vocabulary")
   p.add_argument(
-    "--base-epochs", type=cli.number(int, lo=1), default=None, help="base model epochs"
+    "--base-epochs",
+    type=cli.number(int, lo=1),
+    default=None,
+    help=f"base model epochs (default {base_epochs}; 0 with --model)",
   )
   p.add_argument("--base-lr", type=cli.number(float, lo=0, lo_open=True), default=3e-3)
   p.add_argument(
@@ -84,6 +101,9 @@ def job_settings(args, *, k: int, vocab: int, max_len: int, base_epochs: int) ->
       )
   if len(args.run_lengths) != k:
     raise ValueError(f"--run-lengths: needs {k} run lengths, got {len(args.run_lengths)}")
+  model = _model_options(args)
+  if model.checkpoint is not None:
+    base_epochs = 0  # the checkpoint is the (pretrained) base model
   return mo.JobSettings(
     out=pathlib.Path(args.out),
     optimizer_names=tuple(dict.fromkeys(args.optimizers)),
@@ -91,7 +111,7 @@ def job_settings(args, *, k: int, vocab: int, max_len: int, base_epochs: int) ->
     lrs=tuple(dict.fromkeys(args.lrs)),
     steps=args.steps,
     batch_size=args.batch_size,
-    model_size=args.model_size,
+    model_size=args.model_size or "small",
     vocab_size=args.vocab_size or vocab,
     max_len=max_len,
     run_lengths=tuple(args.run_lengths),
@@ -99,7 +119,20 @@ def job_settings(args, *, k: int, vocab: int, max_len: int, base_epochs: int) ->
       epochs=args.base_epochs or base_epochs, batch_size=16, lr=args.base_lr, save_every=1
     ),
     diag_every=args.diag_every or max(args.steps // 10, 1),
+    model=model,
   )
+
+
+def _model_options(args) -> ModelOptions:
+  """``--model`` / ``--prompt-format`` as checked model options (one-line ValueErrors)."""
+  prompt_format(args.prompt_format)  # a malformed template: one line
+  if args.model is None:
+    return ModelOptions(prompt_format=args.prompt_format)
+  model_flags.check_folder("--model", args.model)
+  for flag, value in (("--model-size", args.model_size), ("--vocab-size", args.vocab_size)):
+    if value is not None:
+      raise ValueError(f"{flag} is for the in-house model (a checkpoint brings its own)")
+  return ModelOptions(model=args.model, prompt_format=args.prompt_format)
 
 
 def parser() -> cli.Parser:
@@ -181,7 +214,8 @@ def run(args, s: mo.JobSettings, log=print) -> dict:
   labels = [*names, "average"]
   cols = [(n, lambda r, n=n: r["tasks"][n]) for n in names] + [("average", lambda r: r["average"])]
   rows = report.aggregate(runs, cols)
-  base_line = {"base model (copy only)": {**base_ev["tasks"], "average": base_ev["average"]}}
+  base_name = "base model (copy only)" if s.model.checkpoint is None else "base model (checkpoint)"
+  base_line = {base_name: {**base_ev["tasks"], "average": base_ev["average"]}}
   single_line = {}
   for srow in report.aggregate(singles, cols):
     task = srow["optimizer"].removeprefix("single-task ")
@@ -192,7 +226,8 @@ def run(args, s: mo.JobSettings, log=print) -> dict:
     "notes": (
       f"Held-out metrics (qa: ROUGE-L recall, json/reverse: exact match), mean ± std over seeds "
       f"{', '.join(map(str, s.seeds))}; {s.steps} steps of {s.batch_size} sequences (joint: "
-      f"{s.batch_size // 3} per task), cycle {s.run_lengths}; base model = copy-only pretraining."
+      f"{s.batch_size // 3} per task), cycle {s.run_lengths}; base model = "
+      + ("copy-only pretraining." if s.model.checkpoint is None else f"{s.model.model}.")
     ),
     **{k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(s).items()},
     "tasks": {

@@ -1,6 +1,7 @@
 """Multi-task job: data generators, K = 3 optimizer state and schedule, diagnostics, CLI."""
 
 import json
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -117,9 +118,30 @@ def test_two_step_run(tmp_path, capsys):
     assert (tmp_path / name).stat().st_size > 0
 
 
+HF_LLAMA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "hf_tiny" / "llama"
+
+
+@pytest.mark.skipif(not HF_LLAMA.is_dir(), reason=f"{HF_LLAMA} (a tiny HF checkpoint) is absent")
+def test_two_step_run_on_a_checkpoint(tmp_path, capsys):
+  # The checkpoint's tokenizer, special ids (BOS added, EOS 2) and weights replace the in-house
+  # ones; it is the base model as is (no copy pretraining).
+  argv = ["--model", str(HF_LLAMA), "--n-authors", "4", "--eval-size", "2", "--copy-size", "8",
+          "--steps", "2", "--optimizers", "dualoptim_plus", "--out", str(tmp_path)]  # fmt: skip
+  assert multitask.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "llama from" in out and "EOS [2]" in out and "(the checkpoint as is)" in out
+  assert "| base model (checkpoint) |" in out
+  res = json.loads((tmp_path / "results.json").read_text())
+  assert res["setup"]["model"]["model"] == str(HF_LLAMA) and res["setup"]["n_params"] == 139_584
+  assert set(res["runs"][0]["tasks"]) == {"qa", "json", "reverse"}
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
+    (["--model", "/no/such/dir"], "--model /no/such/dir: no such folder"),
+    (["--model", str(HF_LLAMA), "--model-size", "tiny"], "--model-size is for the in-house model"),
+    (["--prompt-format", "Q {question}"], "prompt"),
     (["--steps", "0"], "argument --steps: must be an integer >= 1, got '0'"),
     (["--lrs", "1e-3,-1"], "argument --lrs: must be numbers > 0"),
     (["--seeds", "a"], "argument --seeds: must be integers >= 0"),

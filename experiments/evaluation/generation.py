@@ -118,7 +118,8 @@ class Generator:
 
   def __init__(self, graphdef, encoder: Encoder, *, max_new_tokens: int, batch_size: int = 64):
     self.encoder, self.batch_size = encoder, batch_size
-    self._fn = make_generate(graphdef, max_new_tokens, eos_id=toklib.EOS, pad_id=toklib.PAD)
+    ids = encoder.specials  # a checkpoint's own EOS / pad ids, not the in-house ones
+    self._fn = make_generate(graphdef, max_new_tokens, eos_id=ids.eos, pad_id=ids.pad)
 
   def __call__(self, params, prompts: list[str]) -> list[str]:
     """The decoded greedy answer to each prompt (text after ``Answer:``)."""
@@ -132,5 +133,5 @@ class Generator:
       n = chunk_ids.shape[0]
       fill = np.arange(self.batch_size) % n  # repeat rows: one shape for every chunk
       rows = np.asarray(self._fn(params, chunk_ids[fill], chunk_mask[fill]))[:n]
-      out += [toklib.decode(self.encoder.tok, r) for r in rows]
+      out += [toklib.decode(self.encoder.tok, r, self.encoder.specials) for r in rows]
     return out

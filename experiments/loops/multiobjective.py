@@ -35,7 +35,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from tqdm.auto import tqdm
 
 import dualoptim_jax
@@ -50,8 +49,8 @@ from experiments.evaluation.multiobjective_diagnostics import (
 )
 from experiments.loops import losses, optimizers
 from experiments.loops.finetune import FineTuneConfig, fine_tune
-from experiments.models import decoder as modellib
-from experiments.models import make_apply
+from experiments.models import make_apply, setup
+from experiments.models.setup import ModelOptions
 
 JOINT, ALTERNATING = "joint", "alternating"
 PROBE_SIZE = 64
@@ -291,6 +290,7 @@ class JobSettings:
   run_lengths: tuple[int, ...]
   base: FineTuneConfig
   diag_every: int
+  model: ModelOptions = ModelOptions()
 
 
 @dataclasses.dataclass
@@ -311,35 +311,37 @@ def prepare(texts: list[str], base_pairs, s: JobSettings, log=print) -> Prepared
 
   Both are cached under ``{out}/checkpoints/{key}`` (key = the texts, the base
   data, the model and the base hyperparameters), so later runs reuse them and
-  an interrupted base training resumes.
+  an interrupted base training resumes. With a checkpoint (``s.model``) its own
+  tokenizer and weights replace the in-house ones; it is the base model unless
+  ``s.base.epochs`` asks for copy pretraining on top.
   """
-  blob = json.dumps(
-    [texts, list(base_pairs), s.model_size, s.vocab_size, s.max_len, dataclasses.asdict(s.base)]
-  )
-  key = hashlib.sha256(blob.encode()).hexdigest()[:12]
+  parts = [texts, list(base_pairs), s.model_size, s.vocab_size, s.max_len]
+  parts += [dataclasses.asdict(s.base), *s.model.key_parts()]  # [] for the in-house model
+  key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
   cache = s.out / "checkpoints" / key
-  path = cache / "tokenizer.json"
-  if path.is_file():
-    tok = toklib.load_tokenizer(path)
+  if s.model.checkpoint is None:
+    path = cache / "tokenizer.json"
+    if path.is_file():
+      tok = toklib.load_tokenizer(path)
+    else:
+      tok = toklib.train_tokenizer(texts, s.vocab_size)
+      toklib.save_tokenizer(tok, path)
+    model = setup.in_house(tok, s.model_size, s.max_len, s.model)
   else:
-    tok = toklib.train_tokenizer(texts, s.vocab_size)
-    toklib.save_tokenizer(tok, path)
-  encoder = Encoder(tok, s.max_len)
-  cfg = modellib.config_for(s.model_size, tok.get_vocab_size(), s.max_len)
-  graphdef, params = nnx.split(modellib.DecoderLM(cfg, nnx.Rngs(0)))
+    model = setup.from_checkpoint(s.model, s.max_len)
+  encoder, graphdef, params = model.encoder, model.graphdef, model.params
   apply = make_apply(graphdef)
-  n_params = sum(int(x.size) for x in jax.tree.leaves(params))
-  log(
-    f"[model] {s.model_size}: {n_params:,} parameters, vocab {cfg.vocab_size}, max_len {s.max_len}"
-  )
+  n_params = model.n_params
+  log(f"[model] {model.description}")
   t0 = time.perf_counter()
-  data = tuple(QA(q, a) for q, a in base_pairs)
-  params, hist = fine_tune(apply, params, data, encoder, s.base, cache / "base", desc="base model")
+  hist = []
+  if s.base.epochs > 0:
+    data = tuple(QA(q, a) for q, a in base_pairs)
+    base = cache / "base"
+    params, hist = fine_tune(apply, params, data, encoder, s.base, base, desc="base model")
   seconds = time.perf_counter() - t0
-  log(
-    f"[base model] {seconds:.0f}s"
-    + (f" (final epoch loss {hist[-1]:.3f})" if hist else " (cached)")
-  )
+  done = f" (final epoch loss {hist[-1]:.3f})" if hist else " (cached)"
+  log(f"[base model] {seconds:.0f}s" + (done if s.base.epochs > 0 else " (the checkpoint as is)"))
   return Prepared(encoder, graphdef, apply, params, n_params, key, seconds)
 
 
