@@ -12,10 +12,14 @@ caller then trains that phase again).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import os
 import pathlib
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 
 import jax
@@ -78,16 +82,28 @@ class Checkpoints:
     Damaged steps on the way are reported, moved aside and skipped.
     """
     for step in reversed(self.steps()):
-      try:
-        params, opt_state, step = dualoptim_jax.restore_checkpoint(
-          self.directory, params_like, opt_state_like, step=step
-        )
-      except dualoptim_jax.CheckpointError as e:
+      noise = _Captured()
+      with _stderr_captured(noise):
+        try:
+          params, opt_state, step = dualoptim_jax.restore_checkpoint(
+            self.directory, params_like, opt_state_like, step=step
+          )
+        except dualoptim_jax.CheckpointError as e:
+          noise.error = str(e)
+        if noise.error:  # the failed reads are unreachable now: let them print while captured
+          for _ in range(20):
+            time.sleep(0.05)
+            gc.collect()
+      if noise.error:
         moved = self._set_aside(step)
+        (moved / "restore_error.txt").write_text(f"{noise.error}\n\n{noise.text}")
         earlier = [s for s in self.steps() if s < step]
         then = f"falling back to step {earlier[-1]}" if earlier else "no earlier step: retraining"
-        reason = str(e).split(" (")[0].split(": checksum")[0].rstrip(".")
-        self.warn(f"[checkpoint] {reason}; moved it to {moved.name} and {then}")
+        reason = noise.error.split(" (")[0].split(": checksum")[0].rstrip(".")
+        self.warn(
+          f"[checkpoint] {reason}; moved it to {moved.name} (details in its restore_error.txt) "
+          f"and {then}"
+        )
         continue
       # Restored arrays come back committed to a device; jit keys its cache on
       # that, so hand back plain (uncommitted) arrays like freshly built ones, or
@@ -105,6 +121,38 @@ class Checkpoints:
       target = self.directory / f"damaged-{step}-{n}"
     (self.directory / str(step)).rename(target)
     return target
+
+
+class _Captured:
+  """What a restore attempt printed (``text``) and its error (``error``, "" if none)."""
+
+  text = ""
+  error = ""
+
+
+@contextlib.contextmanager
+def _stderr_captured(out: _Captured):
+  """Holds back what is written to file descriptor 2; replays it unless ``out.error`` is set.
+
+  When a step's files are damaged, orbax's reader threads print tracebacks of
+  their cancelled reads (some only when the abandoned coroutines are collected):
+  they go to ``out.text`` (kept beside the damaged step), not the terminal,
+  which gets one line instead.
+  """
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as tmp:
+    os.dup2(tmp.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      tmp.seek(0)
+      out.text = tmp.read().decode(errors="replace")
+      if out.text and not out.error:
+        sys.stderr.write(out.text)  # nothing is hidden when the restore succeeds
 
 
 def _uncommitted(x: jax.Array) -> jax.Array:
