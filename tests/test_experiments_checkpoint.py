@@ -17,7 +17,6 @@ from experiments.loops.finetune import FineTuneConfig, fine_tune
 from experiments.models import make_apply
 from experiments.models.decoder import DecoderLM, config_for
 
-
 # A damaged step makes orbax's abandoned reads raise when they are collected; the cache
 # captures that output (see experiments.loops.checkpoint), pytest reports it as a warning.
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
