@@ -91,8 +91,8 @@ class Checkpoints:
         except dualoptim_jax.CheckpointError as e:
           noise.error = str(e)
         if noise.error:  # the failed reads are unreachable now: let them print while captured
-          for _ in range(20):
-            time.sleep(0.05)
+          for _ in range(4):
+            time.sleep(0.1)
             gc.collect()
       if noise.error:
         moved = self._set_aside(step)
