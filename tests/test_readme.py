@@ -11,3 +11,11 @@ def test_usage_example_runs(capsys):
   code = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S).group(1)
   exec(compile(code, "README.md", "exec"), {})
   assert "delta_cosine" in capsys.readouterr().out
+
+
+def test_unlearning_example_runs(capsys):
+  text = README.read_text()
+  block = r"### Unlearning objectives and audits.*?```python\n(.*?)```"
+  code = re.search(block, text, re.S).group(1)
+  exec(compile(code, "README.md", "exec"), {})
+  assert "MIA AUC" in capsys.readouterr().out
