@@ -49,16 +49,29 @@ def mesh_shape(text: str) -> tuple[int, int]:
   return sizes["data"], sizes["model"]
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-  """Adds the model flags to the job's parser."""
-  p.add_argument("--model", help="HF-format checkpoint folder to fine-tune, then unlearn")
-  p.add_argument("--finetuned", help="HF-format folder already fine-tuned (skips fine-tuning)")
-  p.add_argument("--oracle", help="HF-format retain-only model (with --finetuned)")
+def add_prompt_format(p: argparse.ArgumentParser) -> None:
+  """Adds ``--prompt-format`` (a named format or a template; checked by :func:`options_from`)."""
   p.add_argument(
     "--prompt-format",
     default=DEFAULT,
     help=f"{', '.join(FORMATS)} or a template with {{question}} and a final {{answer}}",
   )
+
+
+def check_in_house_flags(args: argparse.Namespace) -> None:
+  """Raises a one-line ValueError if a checkpoint job was given in-house model flags."""
+  if args.vocab_size is not None:
+    raise ValueError("--vocab-size is for the in-house model (a checkpoint brings its tokenizer)")
+  if args.model_size is not None:
+    raise ValueError("--model-size is for the in-house model (a checkpoint brings its shape)")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+  """Adds the model flags to the job's parser."""
+  p.add_argument("--model", help="HF-format checkpoint folder to fine-tune, then unlearn")
+  p.add_argument("--finetuned", help="HF-format folder already fine-tuned (skips fine-tuning)")
+  p.add_argument("--oracle", help="HF-format retain-only model (with --finetuned)")
+  add_prompt_format(p)
   p.add_argument(
     "--param-dtype", choices=DTYPES, default="float32", help="checkpoint weights (moments: float32)"
   )
@@ -126,10 +139,8 @@ def options_from(args: argparse.Namespace) -> ModelOptions:
     for flag, given in needs.items():
       if given:
         raise ValueError(f"{flag} needs a checkpoint (--model or --finetuned)")
-  elif args.vocab_size is not None:
-    raise ValueError("--vocab-size is for the in-house model (a checkpoint brings its tokenizer)")
-  elif args.model_size is not None:
-    raise ValueError("--model-size is for the in-house model (a checkpoint brings its shape)")
+  else:
+    check_in_house_flags(args)
   if args.save_model and pathlib.Path(args.save_model).is_file():
     raise ValueError(f"--save-model {args.save_model}: a file is in the way (give a folder)")
   prompt_format(args.prompt_format)  # a malformed template: one line

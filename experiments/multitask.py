@@ -24,7 +24,7 @@ import numpy as np
 from experiments import cli, model_flags
 from experiments.data import multitask as data
 from experiments.data.batching import round_up
-from experiments.data.prompts import DEFAULT, FORMATS, prompt_format
+from experiments.data.prompts import prompt_format
 from experiments.evaluation import generation
 from experiments.evaluation import multiobjective_plots as plots
 from experiments.evaluation import multiobjective_report as report
@@ -67,11 +67,7 @@ def common_parser(
     help="HF-format checkpoint folder (llama, qwen2, qwen3, phi, gemma) to train instead of the "
     "in-house model; it is the base model (no copy pretraining unless --base-epochs)",
   )
-  p.add_argument(
-    "--prompt-format",
-    default=DEFAULT,
-    help=f"{', '.join(FORMATS)} or a template with {{question}} and a final {{answer}}",
-  )
+  model_flags.add_prompt_format(p)
   p.add_argument("--model-size", choices=list(MODEL_SIZES), default=None, help="(default small)")
   p.add_argument("--vocab-size", type=cli.number(int, lo=300), default=None, help="BPE vocabulary")
   p.add_argument(
@@ -129,9 +125,7 @@ def _model_options(args) -> ModelOptions:
   if args.model is None:
     return ModelOptions(prompt_format=args.prompt_format)
   model_flags.check_folder("--model", args.model)
-  for flag, value in (("--model-size", args.model_size), ("--vocab-size", args.vocab_size)):
-    if value is not None:
-      raise ValueError(f"{flag} is for the in-house model (a checkpoint brings its own)")
+  model_flags.check_in_house_flags(args)
   return ModelOptions(model=args.model, prompt_format=args.prompt_format)
 
 
