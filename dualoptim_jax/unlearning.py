@@ -11,10 +11,13 @@ Reference quantities (``ref_*``, ``old_logp``, ``advantages``) are constants.
 Losses: :func:`gradient_ascent_loss` (GA), :func:`nll_loss` (GD, IDK),
 :func:`npo_loss`, :func:`simnpo_loss`, :func:`dpo_loss` (IdkDPO),
 :func:`answer_preservation_loss` (AP), :func:`maximum_entropy_loss` (ME),
-:func:`kl_loss`, :func:`dipo_loss` (a reconstruction of DiPO) and
-:func:`ppo_policy_loss` (de-attribution's RL step). Audits: :func:`min_k_scores`,
-:func:`min_k_plus_plus_scores`, :func:`mia_auc`, :func:`privleak`,
-:func:`tug_of_war`. TOFU metrics (numpy, on the host): :func:`probability`,
+:func:`kl_loss`, :func:`dipo_loss` (a reconstruction of DiPO),
+:func:`ppo_policy_loss` (de-attribution's RL step), and open-unlearning's
+:func:`ceu_loss` (CE-U), :func:`wga_loss` (WGA), :func:`satimp_loss` (SatImp),
+:func:`undial_loss` (UNDIAL) and RMU's :func:`rmu_loss`, :func:`activation_mse`,
+:func:`rmu_control_vector` (on a hidden state ``(B, T, D)`` instead of logits).
+Audits: :func:`min_k_scores`, :func:`min_k_plus_plus_scores`, :func:`mia_auc`,
+:func:`privleak`, :func:`tug_of_war`. TOFU metrics (numpy, on the host): :func:`probability`,
 :func:`probability_with_options`, :func:`truth_ratios`, :func:`truth_ratio_forget`,
 :func:`truth_ratio_retain`, :func:`forget_quality`, :func:`harmonic_mean`,
 :func:`model_utility`, :func:`forget_efficacy`.
@@ -27,6 +30,9 @@ from dualoptim_jax._src.mia import min_k_scores as min_k_scores
 from dualoptim_jax._src.mia import privleak as privleak
 from dualoptim_jax._src.rl import ppo_policy_loss as ppo_policy_loss
 from dualoptim_jax._src.rl import tug_of_war as tug_of_war
+from dualoptim_jax._src.rmu import activation_mse as activation_mse
+from dualoptim_jax._src.rmu import rmu_control_vector as rmu_control_vector
+from dualoptim_jax._src.rmu import rmu_loss as rmu_loss
 from dualoptim_jax._src.tofu_metrics import forget_efficacy as forget_efficacy
 from dualoptim_jax._src.tofu_metrics import forget_quality as forget_quality
 from dualoptim_jax._src.tofu_metrics import harmonic_mean as harmonic_mean
@@ -48,9 +54,15 @@ from dualoptim_jax._src.unlearning_losses import npo_loss as npo_loss
 from dualoptim_jax._src.unlearning_losses import sequence_log_probs as sequence_log_probs
 from dualoptim_jax._src.unlearning_losses import simnpo_loss as simnpo_loss
 from dualoptim_jax._src.unlearning_losses import token_log_probs as token_log_probs
+from dualoptim_jax._src.unlearning_targets import ceu_loss as ceu_loss
+from dualoptim_jax._src.unlearning_targets import satimp_loss as satimp_loss
+from dualoptim_jax._src.unlearning_targets import undial_loss as undial_loss
+from dualoptim_jax._src.unlearning_targets import wga_loss as wga_loss
 
 __all__ = (
+  "activation_mse",
   "answer_preservation_loss",
+  "ceu_loss",
   "dipo_loss",
   "dpo_loss",
   "forget_efficacy",
@@ -69,6 +81,9 @@ __all__ = (
   "privleak",
   "probability",
   "probability_with_options",
+  "rmu_control_vector",
+  "rmu_loss",
+  "satimp_loss",
   "sequence_log_probs",
   "simnpo_loss",
   "token_log_probs",
@@ -76,4 +91,6 @@ __all__ = (
   "truth_ratio_retain",
   "truth_ratios",
   "tug_of_war",
+  "undial_loss",
+  "wga_loss",
 )
