@@ -16,18 +16,25 @@ Losses: :func:`gradient_ascent_loss` (GA), :func:`nll_loss` (GD, IDK),
 :func:`ceu_loss` (CE-U), :func:`wga_loss` (WGA), :func:`satimp_loss` (SatImp),
 :func:`undial_loss` (UNDIAL) and RMU's :func:`rmu_loss`, :func:`activation_mse`,
 :func:`rmu_control_vector` (on a hidden state ``(B, T, D)`` instead of logits).
-Audits: :func:`min_k_scores`, :func:`min_k_plus_plus_scores`, :func:`mia_auc`,
-:func:`privleak`, :func:`tug_of_war`. TOFU metrics (numpy, on the host): :func:`probability`,
+Audits: :func:`min_k_scores`, :func:`min_k_plus_plus_scores`, :func:`zlib_scores`,
+:func:`reference_scores`, :func:`gradnorm_scores`, :func:`mia_auc`,
+:func:`privleak`, :func:`tug_of_war`; memorization :func:`exact_memorization`,
+:func:`extraction_strength`. TOFU metrics (numpy, on the host): :func:`probability`,
 :func:`probability_with_options`, :func:`truth_ratios`, :func:`truth_ratio_forget`,
 :func:`truth_ratio_retain`, :func:`forget_quality`, :func:`harmonic_mean`,
 :func:`model_utility`, :func:`forget_efficacy`.
 """
 
 from dualoptim_jax._src.dipo import dipo_loss as dipo_loss
+from dualoptim_jax._src.memorization import exact_memorization as exact_memorization
+from dualoptim_jax._src.memorization import extraction_strength as extraction_strength
+from dualoptim_jax._src.mia import gradnorm_scores as gradnorm_scores
 from dualoptim_jax._src.mia import mia_auc as mia_auc
 from dualoptim_jax._src.mia import min_k_plus_plus_scores as min_k_plus_plus_scores
 from dualoptim_jax._src.mia import min_k_scores as min_k_scores
 from dualoptim_jax._src.mia import privleak as privleak
+from dualoptim_jax._src.mia import reference_scores as reference_scores
+from dualoptim_jax._src.mia import zlib_scores as zlib_scores
 from dualoptim_jax._src.rl import ppo_policy_loss as ppo_policy_loss
 from dualoptim_jax._src.rl import tug_of_war as tug_of_war
 from dualoptim_jax._src.rmu import activation_mse as activation_mse
@@ -65,9 +72,12 @@ __all__ = (
   "ceu_loss",
   "dipo_loss",
   "dpo_loss",
+  "exact_memorization",
+  "extraction_strength",
   "forget_efficacy",
   "forget_quality",
   "gradient_ascent_loss",
+  "gradnorm_scores",
   "harmonic_mean",
   "kl_loss",
   "maximum_entropy_loss",
@@ -81,6 +91,7 @@ __all__ = (
   "privleak",
   "probability",
   "probability_with_options",
+  "reference_scores",
   "rmu_control_vector",
   "rmu_loss",
   "satimp_loss",
@@ -93,4 +104,5 @@ __all__ = (
   "tug_of_war",
   "undial_loss",
   "wga_loss",
+  "zlib_scores",
 )
