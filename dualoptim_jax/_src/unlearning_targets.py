@@ -72,8 +72,8 @@ def ceu_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Arra
 
   open-unlearning's trainer also drops the first answer token ("ignore_first_n_answer_tokens",
   as the authors do); this function scores the positions ``mask`` gives, so a job that wants
-  that passes a mask without the first answer token. open-unlearning averages over the
-  unmasked positions exactly as here.
+  that passes a mask without the first answer token. Otherwise the same value and reduction
+  as open-unlearning's ``cross_entropy_unlearning_loss`` (a mean over the labelled positions).
 
   Args:
     logits: ``(B, T, V)``, any float dtype; ``V >= 2``.
