@@ -46,9 +46,10 @@ def test_adapters_start_neutral_and_are_the_lora_state():
   model = hf.add_lora(hf.load_model(HF_TINY / "phi"), rank=4)
   np.testing.assert_array_equal(np.asarray(model(ids, mask)), np.asarray(base(ids, mask)))
   lora = nnx.to_flat_state(nnx.state(model, nnx.LoRAParam))
-  # phi: q, k, v, o (dense), fc1, fc2 in each of 2 layers, two factors each.
-  assert len(lora) == 2 * 6 * 2
+  # phi: q, k, v, o (dense), fc1, fc2, two factors each, stacked over its 2 layers.
+  assert len(lora) == 6 * 2
   assert {path[-1] for path, _ in lora} == {"lora_a", "lora_b"}
+  assert all(var.shape[0] == 2 for _, var in lora)
   base_leaves = len(jax.tree.leaves(nnx.state(model, hf.BASE)))
   assert base_leaves == len(jax.tree.leaves(nnx.state(base, nnx.Param)))
 
@@ -74,7 +75,7 @@ def test_training_step_changes_only_adapters():
   )
   # B starts at zero, so only B has a gradient at the first step (dL/dA = x^T g B^T = 0).
   flags = [(path[-1], v.get_value()) for path, v in nnx.to_flat_state(moved)]
-  assert all(flag for name, flag in flags if name == "lora_b") and len(flags) == 2 * 4 * 2
+  assert all(flag for name, flag in flags if name == "lora_b") and len(flags) == 4 * 2
   # The optimizer state exists for the adapters only: 6 float32 moments each, plus counters.
   n_lora = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.LoRAParam)))
   assert 0 <= state_bytes(optimizer.opt_state) - 24 * n_lora < 64
@@ -110,10 +111,10 @@ def test_merge_folds_adapters_and_export_reads_back(tmp_path):
 def test_adapters_follow_the_mesh_and_bf16():
   mesh = hf.make_mesh(4, 2, devices=jax.devices()[:8])
   model = hf.add_lora(hf.load_model(HF_TINY / "llama", mesh=mesh, dtype=jnp.bfloat16), rank=8)
-  q = model.layers[0].attn.q_proj
-  assert q.lora_a.get_value().sharding.spec == P("data", None)
-  assert q.lora_b.get_value().sharding.spec == P(None, "model")
-  assert model.layers[0].mlp.down_proj.lora_a.get_value().sharding.spec == P("model", None)
+  q = model.blocks.attn.q_proj
+  assert q.lora_a.get_value().sharding.spec == P(None, "data", None)
+  assert q.lora_b.get_value().sharding.spec == P(None, None, "model")
+  assert model.blocks.mlp.down_proj.lora_a.get_value().sharding.spec == P(None, "model", None)
   assert q.lora_a.get_value().dtype == jnp.bfloat16
   ids, mask = batch("llama")
   assert np.isfinite(float(nnx.jit(loss_fn)(model, ids, mask)))

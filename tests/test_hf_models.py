@@ -86,10 +86,11 @@ def test_every_parameter_sharded_as_its_logical_axes_imply(family, mesh):
 
 def test_head_axes_that_the_model_axis_does_not_divide_are_replicated(mesh):
   # gemma: 1 KV head on model=2 -> replicated along model; 4 query heads -> split.
-  attn = hf.load_model(HF_TINY / "gemma", mesh=mesh).layers[0].attn
-  assert attn.k_proj.kernel.get_value().sharding.spec == P("data", None, None)
-  assert attn.q_proj.kernel.get_value().sharding.spec == P("data", "model", None)
-  assert attn.o_proj.kernel.get_value().sharding.spec == P("model", None, "data")
+  # (The leading axis stacks the scanned layers: every device holds every layer.)
+  attn = hf.load_model(HF_TINY / "gemma", mesh=mesh).blocks.attn
+  assert attn.k_proj.kernel.get_value().sharding.spec == P(None, "data", None, None)
+  assert attn.q_proj.kernel.get_value().sharding.spec == P(None, "data", "model", None)
+  assert attn.o_proj.kernel.get_value().sharding.spec == P(None, "model", None, "data")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -35,6 +35,27 @@ def _set(tree: dict, path: tuple, value) -> None:
   tree[path[-1]] = value
 
 
+def _read_entry(files, e, dtype) -> np.ndarray:
+  """One parameter from ``files`` in our layout and ``dtype``; a stacked kind is filled layer by
+  layer into one host buffer (the host holds one parameter kind at a time)."""
+  value = None
+  for i, key in enumerate(e.keys):
+    tensor = files.read(key)
+    if tuple(tensor.shape) != e.hf_shape:
+      raise CheckpointError(
+        f"tensor {key!r} in {files.keys[key]} has shape {tuple(tensor.shape)}, but "
+        f"config.json implies {e.hf_shape}"
+      )
+    part = e.to_param(tensor).astype(dtype)
+    del tensor
+    if e.num_layers is None:
+      return part
+    if value is None:
+      value = np.empty(e.stacked_shape, dtype)
+    value[i] = part
+  return value
+
+
 def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> CausalLM:
   """Loads an HF-format checkpoint folder of a supported ``model_type`` as a ``CausalLM``.
 
@@ -70,7 +91,7 @@ def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> Cau
   variables = dict(nnx.to_flat_state(state))
   values = nnx.to_pure_dict(state)
   with SafetensorsFolder(path) as files:
-    needed = {e.key for e in entries}
+    needed = {k for e in entries for k in e.keys}
     missing = sorted(needed - set(files.keys))
     if missing:
       raise CheckpointError(f"{path} lacks tensor(s) the model needs: {_listing(missing)}")
@@ -84,16 +105,10 @@ def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> Cau
         f"{_listing(unexpected)}"
       )
     for e in entries:
-      tensor = files.read(e.key)
-      if tuple(tensor.shape) != e.hf_shape:
-        raise CheckpointError(
-          f"tensor {e.key!r} in {files.keys[e.key]} has shape {tuple(tensor.shape)}, but "
-          f"config.json implies {e.hf_shape}"
-        )
-      value = e.to_param(tensor).astype(jnp.dtype(dtype))
-      del tensor
+      value = _read_entry(files, e, jnp.dtype(dtype))
       target = sharding.variable_sharding(variables[e.path], mesh)
       _set(values, e.path, jax.device_put(value, target))
+      del value
   nnx.replace_by_pure_dict(state, values)
   model = nnx.merge(graphdef, state)
   model.hf_config = json.dumps(raw)  # kept for save_model: unknown keys survive the round trip
@@ -129,12 +144,19 @@ def save_model(model: CausalLM, path: str | pathlib.Path, *, max_shard_bytes: in
   (path / "config.json").write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
   state = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   entries = key_table(model)
-  sizes = [(e.key, state[e.path].get_value().nbytes) for e in entries]
-  # A generator: each tensor reaches the host when its shard is written.
-  tensors = (
-    (e.key, e.to_hf(np.asarray(jax.device_get(state[e.path].get_value())))) for e in entries
-  )
-  write_folder(path, tensors, sizes=sizes, max_shard_bytes=max_shard_bytes)
+  sizes = [
+    (key, state[e.path].get_value().nbytes // len(e.keys)) for e in entries for key in e.keys
+  ]
+
+  def tensors():  # each stacked kind reaches the host when its first layer's shard is written
+    for e in entries:
+      value = np.asarray(jax.device_get(state[e.path].get_value()))
+      if e.num_layers is None:
+        yield e.key, e.to_hf(value)
+      else:
+        yield from ((key, e.to_hf(value[i])) for i, key in enumerate(e.keys))
+
+  write_folder(path, tensors(), sizes=sizes, max_shard_bytes=max_shard_bytes)
 
 
 def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:

@@ -1,9 +1,11 @@
-"""LoRA adapters on a loaded model with flax's ``nnx.LoRA`` / ``nnx.LoRAParam``, and merge-back.
+"""LoRA adapters on a loaded model (``nnx.LoRAParam`` factors inside each projection), merge-back.
 
-:func:`add_lora` wraps chosen projections in place: ``y = base(x) + x @ A @ B`` with ``A``
-(in, rank) He-uniform and ``B`` (rank, out) zero, so the wrapped model starts equal to the
-base model (flax's ``nnx.LoRA`` has no ``alpha / rank`` factor: fold it into the learning rate).
-The adapters are ``nnx.LoRAParam``, a subclass of ``nnx.Param``; so:
+:func:`add_lora` gives chosen projections an adapter in place: ``y = base(x) + x @ A @ B`` with
+``A`` (in, rank) He-uniform and ``B`` (rank, out) zero, as flax's ``nnx.LoRA`` initialises
+them, so the adapted model starts equal to the base model (no ``alpha / rank`` factor: fold it
+into the learning rate). The blocks are stacked (one ``lax.scan``), so each factor carries the
+``layers`` axis too: ``A`` is ``(layers, in, rank)``. The factors are ``nnx.LoRAParam``, a
+subclass of ``nnx.Param``; so:
 
 - ``nnx.state(model, nnx.LoRAParam)`` is the adapter state (train and optimise only this, e.g.
   ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)`` or ``nnx.split(model, nnx.LoRAParam, ...)``);
@@ -33,17 +35,17 @@ def _mesh_of(variable: nnx.Variable):
   return s.mesh if isinstance(s, jax.sharding.NamedSharding) else None
 
 
-def _parents(model):
-  """(module, attribute) pairs of every wrappable projection, in layer order."""
-  for layer in model.layers:
-    for parent in (layer.attn, layer.mlp):
-      for name in ALL_TARGETS:
-        if isinstance(getattr(parent, name, None), Linear | nnx.LoRA):
-          yield parent, name
+def projections(model):
+  """``(name, Linear)`` of every wrappable projection of the (stacked) blocks."""
+  for parent in (model.blocks.attn, model.blocks.mlp):
+    for name in ALL_TARGETS:
+      module = getattr(parent, name, None)
+      if isinstance(module, Linear):
+        yield name, module
 
 
 def add_lora(model, rank: int, targets=ALL_TARGETS, *, rngs: nnx.Rngs | None = None, dtype=None):
-  """Wraps the ``targets`` projections of every block with rank-``rank`` ``nnx.LoRA`` (in place).
+  """Gives the ``targets`` projections of every block a rank-``rank`` adapter (in place).
 
   Args:
     model: a ``CausalLM`` (see :func:`~.loading.load_model`).
@@ -62,45 +64,47 @@ def add_lora(model, rank: int, targets=ALL_TARGETS, *, rngs: nnx.Rngs | None = N
     >>> from experiments.models.hf.config import arch_from_dict
     >>> from experiments.models.hf.model import CausalLM
     >>> arch = arch_from_dict({"model_type": "qwen2", "vocab_size": 32, "hidden_size": 16,
-    ...   "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2})
+    ...   "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2})
     >>> model = add_lora(CausalLM(arch, rngs=nnx.Rngs(0)), rank=2, targets=("q_proj", "v_proj"))
     >>> adapters = nnx.state(model, nnx.LoRAParam).to_pure_dict()
-    >>> {k: v["lora_a"].shape for k, v in adapters["layers"][0]["attn"].items()}
-    {'q_proj': (16, 2), 'v_proj': (16, 2)}
+    >>> {k: v["lora_a"].shape for k, v in adapters["blocks"]["attn"].items()}
+    {'q_proj': (3, 16, 2), 'v_proj': (3, 16, 2)}
   """
   unknown = set(targets) - set(ALL_TARGETS)
   if unknown:
     raise ValueError(f"unknown LoRA targets {sorted(unknown)}; choose from {ALL_TARGETS}")
+  if rank < 1:
+    raise ValueError(f"LoRA rank must be >= 1, got {rank}")
   rngs = rngs or nnx.Rngs(0)
   dtype = jnp.dtype(dtype or model.dtype)
-  for parent, name in list(_parents(model)):
-    base = getattr(parent, name)
+  for name, base in list(projections(model)):
     if name not in targets:
       continue
-    if isinstance(base, nnx.LoRA):
+    if base.lora_a is not None:
       raise ValueError(f"{name} already has a LoRA adapter")
     ax_in, ax_out = base.flat_axes
-    lora = nnx.LoRA(
-      base.in_features,
-      rank,
-      base.out_features,
-      base_module=base,
-      dtype=model.dtype,
-      param_dtype=dtype,
-      rngs=rngs,
-      a_metadata={"out_sharding": (ax_in, None), "eager_sharding": False},
-      b_metadata={"out_sharding": (None, ax_out), "eager_sharding": False},
-    )
+    stack = base.stack
+    layers = ("layers",) * len(stack)
+    # nnx.LoRA's initialisers: A He-uniform over its (in, rank) fan, B zero.
+    shape = (base.in_features, rank)
+    keys = jax.random.split(rngs.params(), stack or (1,))
+    a = jax.vmap(lambda k, shape=shape: nnx.initializers.he_uniform()(k, shape, dtype))(keys)
+    a = a.reshape(*stack, *shape)
+    b = jnp.zeros((*stack, rank, base.out_features), dtype)
     mesh = _mesh_of(base.kernel)
-    for factor in (lora.lora_a, lora.lora_b):
-      factor.set_value(jax.device_put(factor.get_value(), sharding.variable_sharding(factor, mesh)))
-    setattr(parent, name, lora)
+    for attr, value, names in (
+      ("lora_a", a, (*layers, ax_in, None)),
+      ("lora_b", b, (*layers, None, ax_out)),
+    ):
+      factor = nnx.LoRAParam(value, out_sharding=names, eager_sharding=False)
+      factor.set_value(jax.device_put(value, sharding.variable_sharding(factor, mesh)))
+      setattr(base, attr, factor)
   return model
 
 
 def has_lora(model) -> bool:
-  """Whether any module of ``model`` is an ``nnx.LoRA``."""
-  return any(isinstance(m, nnx.LoRA) for _, m in nnx.iter_modules(model))
+  """Whether any projection of ``model`` has an adapter."""
+  return any(m.lora_a is not None for _, m in projections(model))
 
 
 def merge_lora(model):
@@ -110,15 +114,13 @@ def merge_lora(model):
   kernel's dtype; the kernel keeps its sharding. ``model`` itself is unchanged.
   """
   model = nnx.clone(model)
-  for parent, name in list(_parents(model)):
-    lora = getattr(parent, name)
-    if not isinstance(lora, nnx.LoRA):
+  for _, base in list(projections(model)):
+    if base.lora_a is None:
       continue
-    base = lora.base_module
     kernel = base.kernel.get_value()
-    a, b = (f.get_value().astype(jnp.float32) for f in (lora.lora_a, lora.lora_b))
+    a, b = (f.get_value().astype(jnp.float32) for f in (base.lora_a, base.lora_b))
     delta = a @ b
     merged = (kernel.astype(jnp.float32) + delta.reshape(kernel.shape)).astype(kernel.dtype)
     base.kernel.set_value(jax.device_put(merged, kernel.sharding))
-    setattr(parent, name, base)
+    base.lora_a = base.lora_b = nnx.data(None)
   return model

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 # Logical axis -> mesh axis (None: replicated).
 RULES: tuple[tuple[str, str | None], ...] = (
+  ("layers", None),  # the scanned blocks' stacking axis: every device holds every layer
   ("vocab", "model"),
   ("embed", "data"),
   ("q_heads", "model"),
