@@ -23,40 +23,14 @@ import sys
 import tempfile
 
 import jax.numpy as jnp
-from tokenizers import Tokenizer
 
 from experiments.cli import Parser
-from experiments.models.hf.config import CheckpointError, read_config
-from experiments.models.hf.gguf_io import GGUFFile, find_gguf
-from experiments.models.hf.gguf_write import DTYPES, save_gguf
-from experiments.models.hf.loading import load_model, load_tokenizer, save_model
-from experiments.models.hf.tokenizer_files import (
-  SpecialTokens,
-  read_chat_template,
-  read_tokenizer_config,
-  special_tokens_of,
-  write_tokenizer_files,
-)
+from experiments.models.hf.config import CheckpointError
+from experiments.models.hf.gguf_write import DTYPES, save_gguf, tokenizer_bundle
+from experiments.models.hf.loading import load_model, save_model
+from experiments.models.hf.tokenizer_files import SpecialTokens, write_tokenizer_files
 
 HF_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
-
-
-def tokenizer_bundle(src: str | pathlib.Path) -> tuple[Tokenizer, SpecialTokens, str | None]:
-  """The tokenizer, special ids and chat template of a GGUF file or HF folder.
-
-  Example:
-    >>> tok, special, template = tokenizer_bundle("../shared/data/hf_tiny/llama")  # doctest: +SKIP
-    >>> special.bos_id, special.add_bos  # doctest: +SKIP
-    (1, True)
-  """
-  file = find_gguf(src)
-  if file is not None:
-    with GGUFFile(file) as source:
-      return source.tokenizer(), source.special_tokens(), source.chat_template()
-  tok = load_tokenizer(src)
-  _, raw = read_config(src)
-  special = special_tokens_of(tok, raw, read_tokenizer_config(src))
-  return tok, special, read_chat_template(src)
 
 
 def _write_hf(model, tok, special: SpecialTokens, template: str | None, folder: pathlib.Path):
@@ -95,14 +69,11 @@ def convert(
     raise CheckpointError(f"dtype {dtype!r} is not available for {kind}; use {', '.join(allowed)}")
   if not src.exists():
     raise FileNotFoundError(f"{src} does not exist")
-  tok, special, template = tokenizer_bundle(src)
   dst.parent.mkdir(parents=True, exist_ok=True)
   if to_gguf:
-    model = load_model(src)
     # save_gguf writes dst.tmp and renames it when complete.
-    return save_gguf(
-      model, dst, tokenizer=tok, chat_template=template, dtype=dtype, special=special
-    )
+    return save_gguf(load_model(src), dst, source=src, dtype=dtype)
+  tok, special, template, _ = tokenizer_bundle(src)
   model = load_model(src, dtype=HF_DTYPES[dtype])
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
   try:

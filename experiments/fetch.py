@@ -89,16 +89,21 @@ def _sha256(file: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
+def _pip_command() -> list[str] | None:
+  if importlib.util.find_spec("pip") is not None:
+    return [sys.executable, "-m", "pip"]
+  found = shutil.which("pip")
+  return [found] if found else None
+
+
 def pip_download(requirement: str, dest: pathlib.Path) -> None:
   """``pip download --no-deps REQUIREMENT -d DEST`` with this interpreter's pip (or the one on
   PATH). Raises ``FetchError`` with pip's last line when it fails."""
-  if importlib.util.find_spec("pip") is not None:
-    pip = [sys.executable, "-m", "pip"]
-  elif shutil.which("pip"):
-    pip = [shutil.which("pip")]
-  else:
+  pip = _pip_command()
+  if pip is None:
     raise FetchError("pip is not available")
-  command = [*pip, "download", "--no-deps", "--disable-pip-version-check", "-d", str(dest)]
+  command = [*pip, "download", "--no-deps", "--disable-pip-version-check", "--retries", "2"]
+  command += ["-d", str(dest)]
   done = subprocess.run([*command, requirement], capture_output=True, text=True)
   if done.returncode != 0:
     lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]

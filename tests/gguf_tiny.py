@@ -129,9 +129,12 @@ def write_tiny(
   pre: str = "smollm",
   add_bos: bool = False,
   qtype=gguf.GGMLQuantizationType.F32,
+  license: str | None = None,
 ) -> pathlib.Path:
   """Writes ``tensors`` (HF keys and layout) as a GGUF file of ``arch`` (matrices as ``qtype``)."""
   w = gguf.GGUFWriter(path, arch)
+  if license is not None:
+    w.add_license(license)
   meta = {
     "block_count": ("uint32", LAYERS),
     "context_length": ("uint32", 128),

@@ -24,6 +24,8 @@ from experiments.models.hf.gguf_io import (
   PERMUTED_QK,
   ROPE_FREQS,
   SUPPORTED_ARCHITECTURES,
+  GGUFFile,
+  find_gguf,
   gguf_name,
   llama3_rope_factors,
   permute_qk,
@@ -39,6 +41,10 @@ DTYPES: dict[str, tuple[gguf.GGMLQuantizationType, int]] = {
   "bf16": (_T.BF16, gguf.LlamaFileType.MOSTLY_BF16),
   "q8_0": (_T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
+
+# general.* keys the writer sets itself (never copied from a source file).
+_OWN_GENERAL = ("general.architecture", "general.type", "general.name", "general.file_type")
+_OWN_GENERAL += ("general.quantization_version", "general.alignment")
 
 
 def _tensor_type(shape: tuple[int, ...], dtype: str) -> gguf.GGMLQuantizationType:
@@ -132,6 +138,7 @@ def write_gguf(
   dtype: str = "f32",
   shapes: list[tuple[str, tuple[int, ...]]] | None = None,
   name: str | None = None,
+  general: dict[str, Any] | None = None,
 ) -> pathlib.Path:
   """Writes a GGUF file from a ``config.json`` dict and HF-keyed tensors.
 
@@ -147,6 +154,7 @@ def write_gguf(
     shapes: ``(key, shape)`` in the order of ``tensors``, to stream them (default: all
       tensors are materialised first to learn the shapes).
     name: ``general.name`` (default: the file's stem).
+    general: more ``general.*`` metadata to keep (a source GGUF's license, organization...).
 
   Returns:
     The path written.
@@ -193,6 +201,9 @@ def write_gguf(
     writer.add_name(name or path.stem)
     writer.add_file_type(DTYPES[dtype][1])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    for key, value in (general or {}).items():
+      if key not in _OWN_GENERAL:
+        _add(writer, key, value)
     for key, value in meta.items():
       _add(writer, key, value)
     for _, target, shape, kind in plan:
@@ -227,11 +238,39 @@ def write_gguf(
   return path
 
 
+def tokenizer_bundle(
+  src: str | pathlib.Path,
+) -> tuple[Tokenizer, SpecialTokens, str | None, dict[str, Any]]:
+  """What a checkpoint says besides its tensors: tokenizer, special ids, chat template, and
+  (GGUF only) its ``general.*`` metadata (license, organization, ...) for an export to keep.
+
+  Example:
+    >>> bundle = tokenizer_bundle("../shared/data/hf_tiny/llama")  # doctest: +SKIP
+    >>> bundle[1].bos_id, bundle[1].add_bos, bundle[3]  # doctest: +SKIP
+    (1, True, {})
+  """
+  from experiments.models.hf.config import read_config
+  from experiments.models.hf.loading import load_tokenizer
+  from experiments.models.hf.tokenizer_files import read_chat_template, read_tokenizer_config
+
+  file = find_gguf(src)
+  if file is not None:
+    with GGUFFile(file) as source:
+      general = {k: source.value(k) for k in source.metadata_keys() if k.startswith("general.")}
+      general = {k: v for k, v in general.items() if k not in _OWN_GENERAL}
+      return source.tokenizer(), source.special_tokens(), source.chat_template(), general
+  tok = load_tokenizer(src)
+  _, raw = read_config(src)
+  special = special_tokens_of(tok, raw, read_tokenizer_config(src))
+  return tok, special, read_chat_template(src), {}
+
+
 def save_gguf(
   model,
   path: str | pathlib.Path,
   *,
-  tokenizer: Tokenizer,
+  source: str | pathlib.Path | None = None,
+  tokenizer: Tokenizer | None = None,
   chat_template: str | None = None,
   dtype: str | None = None,
   special: SpecialTokens | None = None,
@@ -240,11 +279,14 @@ def save_gguf(
 
   Args:
     model: a llama, qwen2 or qwen3 ``CausalLM`` (LoRA adapters are merged first).
-    path: the ``.gguf`` file.
-    tokenizer: its tokenizer (``load_tokenizer(checkpoint)``).
-    chat_template: the template to store (``chat_template(checkpoint)``).
+    path: the ``.gguf`` file (written as ``path.tmp``, renamed when complete).
+    source: the checkpoint the model came from (GGUF or HF folder): its tokenizer, special
+      ids, chat template and ``general.*`` metadata are the defaults of the next arguments.
+    tokenizer: the tokenizer (required without ``source``).
+    chat_template: the template to store.
     dtype: ``f32``, ``f16``, ``bf16`` or ``q8_0`` (default: the model's dtype, f32 or bf16).
-    special: special ids and BOS/EOS policy (default: from the model's config and tokenizer).
+    special: special ids and BOS/EOS policy (default: the source's, else from the model's
+      config and the tokenizer).
 
   Returns:
     The path written.
@@ -252,16 +294,24 @@ def save_gguf(
   Example:
     >>> from experiments import hf
     >>> src = "SmolLM2-135M-Instruct.Q4_1.gguf"
-    >>> hf.save_gguf(hf.load_model(src), "/tmp/smol_q8.gguf", tokenizer=hf.load_tokenizer(src),
-    ...              chat_template=hf.chat_template(src), dtype="q8_0")  # doctest: +SKIP
+    >>> hf.save_gguf(hf.load_model(src), "/tmp/smol_q8.gguf", source=src,
+    ...              dtype="q8_0")  # doctest: +SKIP
     PosixPath('/tmp/smol_q8.gguf')
   """
   from experiments.models.hf.loading import hf_tensors
 
+  general: dict[str, Any] = {}
+  if source is not None:
+    tok, src_special, template, general = tokenizer_bundle(source)
+    tokenizer = tokenizer or tok
+    special = special or src_special
+    chat_template = chat_template if chat_template is not None else template
+  if tokenizer is None:
+    raise ValueError("save_gguf needs tokenizer= or source= (GGUF files carry the tokenizer)")
   raw, shapes, tensors = hf_tensors(model)
   if dtype is None:
     dtype = "bf16" if jnp.dtype(model.dtype) == jnp.bfloat16 else "f32"
   return write_gguf(
     path, raw, tensors, tokenizer=tokenizer, special=special, chat_template=chat_template,
-    dtype=dtype, shapes=shapes,
+    dtype=dtype, shapes=shapes, general=general,
   )  # fmt: skip
