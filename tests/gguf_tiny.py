@@ -130,8 +130,11 @@ def write_tiny(
   add_bos: bool = False,
   qtype=gguf.GGMLQuantizationType.F32,
   license: str | None = None,
+  theta: float = 10000.0,
+  extra: dict[str, np.ndarray] | None = None,
 ) -> pathlib.Path:
-  """Writes ``tensors`` (HF keys and layout) as a GGUF file of ``arch`` (matrices as ``qtype``)."""
+  """Writes ``tensors`` (HF keys and layout) as a GGUF file of ``arch`` (matrices as ``qtype``);
+  ``extra``: more tensors under their GGUF names."""
   w = gguf.GGUFWriter(path, arch)
   if license is not None:
     w.add_license(license)
@@ -142,7 +145,7 @@ def write_tiny(
     "feed_forward_length": ("uint32", FFN),
     "attention.head_count": ("uint32", HEADS),
     "attention.head_count_kv": ("uint32", KV_HEADS),
-    "rope.freq_base": ("float32", 10000.0),
+    "rope.freq_base": ("float32", theta),
     "attention.layer_norm_rms_epsilon": ("float32", 1e-6),
   }
   for key, (kind, value) in meta.items():
@@ -157,6 +160,8 @@ def write_tiny(
       w.add_tensor(name, gguf.quants.quantize(value, qtype), raw_dtype=qtype)
     else:
       w.add_tensor(name, np.ascontiguousarray(value))
+  for name, value in (extra or {}).items():
+    w.add_tensor(name, value)
   w.write_header_to_file()
   w.write_kv_data_to_file()
   w.write_tensors_to_file()

@@ -4,15 +4,17 @@ import json
 import struct
 
 import gguf
+import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 import pytest
+from flax import nnx
 from gguf_tiny import HEADS, KV_HEADS, hf_tensors, write_tiny
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from experiments import hf
-from experiments.models.hf.gguf_io import GGUFFile, permute_qk, unpermute_qk
+from experiments.models.hf.gguf_io import GGUFFile, llama3_rope_factors, permute_qk, unpermute_qk
 from experiments.models.hf.safetensors_io import write_folder
 
 T = gguf.GGMLQuantizationType
@@ -219,6 +221,37 @@ def test_quantized_tiny_model_and_a_folder_holding_it(tmp_path):
   assert hf.load_tokenizer(tmp_path / "d").token_to_id("<|im_end|>") == 2
 
 
+def test_llama3_rope_factors_match_transformers():
+  # transformers 5.24's llama3 inverse frequencies for theta 5e5, head_dim 16, factor 8,
+  # low/high frequency factors 1/4, original context 64 (as in test_hf_checkpoints.py).
+  hf_inv = [1.0, 0.079403013, 0.0047007538, 9.1158313e-04, 1.7677668e-04, 3.4281024e-05,
+            6.6478697e-06, 1.2891732e-06]  # fmt: skip
+  base = 1 / 500000.0 ** (np.arange(0, 16, 2) / 16)
+  rope = dict(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0)
+  rope["original_max_position_embeddings"] = 64
+  np.testing.assert_allclose(llama3_rope_factors(500000.0, 16, rope), base / hf_inv, rtol=1e-6)
+
+
+def test_llama3_rope_scaling_is_read_from_rope_freqs_and_written_back(tmp_path):
+  rope = dict(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0)
+  rope["original_max_position_embeddings"] = 8192
+  factors = llama3_rope_factors(500000.0, 8, rope)
+  extra = {"rope_freqs.weight": factors}
+  file = write_tiny(tmp_path / "l3.gguf", hf_tensors(), theta=500000.0, extra=extra)
+  with GGUFFile(file) as f:
+    assert f.config()["rope_parameters"] == {"rope_type": "llama3", "rope_theta": 500000.0, **rope}
+    assert "rope_freqs.weight" not in f.keys
+  out = hf.save_gguf(hf.load_model(file), tmp_path / "out.gguf", source=file)
+  with GGUFFile(out) as f:
+    assert f.config()["rope_parameters"]["rope_type"] == "llama3"
+  back = {t.name: t for t in gguf.GGUFReader(out).tensors}["rope_freqs.weight"]
+  np.testing.assert_array_equal(back.data, factors)
+  extra = {"rope_freqs.weight": factors * np.linspace(1, 2, 4, dtype=np.float32)}
+  bad = write_tiny(tmp_path / "odd.gguf", hf_tensors(), theta=500000.0, extra=extra)
+  with pytest.raises(hf.CheckpointError, match=r"odd\.gguf: rope_freqs\.weight is not Llama-3"):
+    hf.load_model(bad)
+
+
 # --- tokenizer ------------------------------------------------------------------------------
 
 
@@ -366,3 +399,16 @@ def test_header_claiming_more_tensors_than_present(tmp_path):
   file.write_bytes(b"GGUF" + struct.pack("<IQQ", 3, 10**6, 0))
   with pytest.raises(hf.CheckpointError, match="truncated or corrupt"):
     GGUFFile(file)
+
+
+def test_gguf_loads_onto_a_mesh(tmp_path):
+  file = write_tiny(tmp_path / "m.gguf", hf_tensors(tied=False))
+  mesh = hf.make_mesh(4, 2, devices=jax.devices()[:8])
+  sharded = jax.tree.leaves(nnx.state(hf.load_model(file, mesh=mesh), nnx.Param))
+  plain = jax.tree.leaves(nnx.state(hf.load_model(file), nnx.Param))
+  # Placed by the logical axis rules (some leaves split over the 8 devices), values unchanged.
+  assert any(
+    len(v.sharding.device_set) == 8 and not v.sharding.is_fully_replicated for v in sharded
+  )
+  for a, b in zip(sharded, plain, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -119,8 +119,8 @@ def llama3_rope_factors(theta: float, dim: int, rope: dict[str, Any]) -> np.ndar
   Example:
     >>> rope = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
     ...         "original_max_position_embeddings": 64}
-    >>> llama3_rope_factors(10_000.0, 8, rope).round(3).tolist()
-    [1.0, 1.0, 5.248, 8.0]
+    >>> [round(float(f), 3) for f in llama3_rope_factors(10_000.0, 8, rope)]
+    [1.0, 7.667, 8.0, 8.0]
   """
   factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
   old = rope["original_max_position_embeddings"]
