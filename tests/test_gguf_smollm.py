@@ -56,14 +56,16 @@ def forward():
 
 def check_parity(model, tok, ref, forward):
   arrays, meta = ref
+  prompts = [arrays[f"prompt{i}_ids"].tolist() for i in range(2)]
+  width = max(map(len, prompts)) + 16  # every forward below has this one compiled shape
   real = arrays["mask"].astype(bool)
   scale = np.abs(arrays["logits"][real]).max()
-  err = np.abs(forward(model, arrays["ids"], arrays["mask"]) - arrays["logits"])[real].max()
+  pad = ((0, 0), (0, width - real.shape[1]))  # right padding: causal logits are unchanged
+  out = forward(model, np.pad(arrays["ids"], pad), np.pad(arrays["mask"], pad))
+  err = np.abs(out[:, : real.shape[1]] - arrays["logits"])[real].max()
   assert err <= 1e-4 * scale, f"max |logit error| {err:.2e} at scale {scale:.1f}"
-  # Greedy, 16 tokens, both prompts at once: right-padded rows to a fixed width, the next token
-  # read at each row's last real position (one compiled shape for all 16 steps).
-  prompts = [arrays[f"prompt{i}_ids"].tolist() for i in range(2)]
-  width = max(map(len, prompts)) + 16
+  # Greedy, 16 tokens, both prompts at once: right-padded rows, the next token read at each
+  # row's last real position.
   rows = [p + [0] * (width - len(p)) for p in prompts]
   lengths = [len(p) for p in prompts]
   for _ in range(16):
