@@ -1,5 +1,8 @@
 """HF-format checkpoints (llama, qwen2, qwen3, phi, gemma) in Flax NNX: the public names.
 
+GGUF files (llama, qwen2, qwen3) load through the same ``load_model`` / ``load_tokenizer`` /
+``chat_template``; ``save_gguf`` exports one.
+
 Example:
   >>> import jax.numpy as jnp
   >>> from experiments import hf
@@ -19,6 +22,9 @@ from experiments.models.generate import generate
 from experiments.models.hf.config import SUPPORTED_MODEL_TYPES as SUPPORTED_MODEL_TYPES
 from experiments.models.hf.config import Arch as Arch
 from experiments.models.hf.config import CheckpointError as CheckpointError
+from experiments.models.hf.gguf_write import save_gguf as save_gguf
+from experiments.models.hf.loading import chat_template as chat_template
+from experiments.models.hf.loading import hf_tensors as hf_tensors
 from experiments.models.hf.loading import load_model as load_model
 from experiments.models.hf.loading import load_tokenizer as load_tokenizer
 from experiments.models.hf.loading import save_model as save_model
@@ -43,13 +49,16 @@ __all__ = (
   "RULES",
   "SUPPORTED_MODEL_TYPES",
   "add_lora",
+  "chat_template",
   "greedy_generate",
   "has_lora",
+  "hf_tensors",
   "load_model",
   "load_tokenizer",
   "logical_spec",
   "make_mesh",
   "merge_lora",
+  "save_gguf",
   "save_model",
 )
 
