@@ -128,7 +128,9 @@ def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> Cau
   path = pathlib.Path(path)
   arch, raw, source = open_checkpoint(path)
   sharding.check_mesh(mesh)
-  abstract = nnx.eval_shape(lambda: CausalLM(arch, dtype=dtype, rngs=nnx.Rngs(0)))
+  # Tree mode: graph-mode eval_shape would read the logical out_sharding names as axes of an
+  # enclosing jax.set_mesh mesh; placement by the rules happens below instead.
+  abstract = nnx.eval_shape(lambda: CausalLM(arch, dtype=dtype, rngs=nnx.Rngs(0)), graph=False)
   entries = key_table(abstract)
   graphdef, state = nnx.split(abstract)
   variables = dict(nnx.to_flat_state(state))
