@@ -53,8 +53,7 @@ def _inputs(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike):
   mask = common.as_array("mask", mask)
   common.check_token_inputs(logits, targets, mask)
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  ids = jnp.clip(targets.astype(jnp.int32), 0, logits.shape[-1] - 1)
-  return logp, jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0], mask
+  return logp, common.gather_targets(logp, targets), mask
 
 
 def min_k_scores(

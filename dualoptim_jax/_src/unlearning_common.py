@@ -104,3 +104,32 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   """``sum(mask * values) / sum(mask)``, 0 when the mask is empty (a float32 scalar)."""
   total = jnp.sum(float_mask(mask))
   return masked_sum(values, mask) / jnp.where(total > 0.0, total, jnp.float32(1.0))
+
+
+def target_ids(targets: jax.Array, vocab: int) -> jax.Array:
+  """``targets`` as int32 ids clipped into ``[0, vocab)``.
+
+  Masked-out positions may hold padding or HF's -100; they are masked, so clipping is harmless.
+  """
+  return jnp.clip(targets.astype(jnp.int32), 0, vocab - 1)
+
+
+def gather_targets(values: jax.Array, targets: jax.Array) -> jax.Array:
+  """``values[..., targets]`` as a masked sum over the last axis.
+
+  A select, not ``take_along_axis``: its gradient fuses into the caller's elementwise backward
+  instead of zero-filling a (B, T, V) buffer and scattering into it (12 % of a 49k-vocabulary
+  head's forward+backward on CPU).
+  """
+  ids = target_ids(targets, values.shape[-1])
+  vocab = jax.lax.broadcasted_iota(jnp.int32, values.shape, values.ndim - 1)
+  return jnp.sum(jnp.where(vocab == ids[..., None], values, jnp.zeros((), values.dtype)), -1)
+
+
+def target_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """``log_softmax(logits)[targets]`` in float32 as ``logits[targets] - logsumexp(logits)``.
+
+  No (B, T, V) log-probability array is materialised in the forward pass.
+  """
+  logits = logits.astype(jnp.float32)
+  return gather_targets(logits, targets) - jax.nn.logsumexp(logits, axis=-1)

@@ -22,12 +22,6 @@ def _log_softmax(logits: jax.Array) -> jax.Array:
   return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
-def _gather(logp: jax.Array, targets: jax.Array) -> jax.Array:
-  # Masked-out positions may hold padding or HF's -100; clip them into range (they are masked).
-  ids = jnp.clip(targets.astype(jnp.int32), 0, logp.shape[-1] - 1)
-  return jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
-
-
 def token_log_probs(logits: ArrayLike, targets: ArrayLike) -> jax.Array:
   """Log-probability of each target token: ``log softmax(logits[b, t])[targets[b, t]]``.
 
@@ -48,7 +42,7 @@ def token_log_probs(logits: ArrayLike, targets: ArrayLike) -> jax.Array:
   logits = common.as_array("logits", logits)
   targets = common.as_array("targets", targets)
   common.check_token_inputs(logits, targets)
-  return _gather(_log_softmax(logits), targets)
+  return common.target_log_probs(logits, targets)
 
 
 def sequence_log_probs(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Array:
@@ -73,7 +67,7 @@ def sequence_log_probs(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -
   logits, targets = common.as_array("logits", logits), common.as_array("targets", targets)
   mask = common.as_array("mask", mask)
   common.check_token_inputs(logits, targets, mask)
-  return common.masked_sum(_gather(_log_softmax(logits), targets), mask, axis=-1)
+  return common.masked_sum(common.target_log_probs(logits, targets), mask, axis=-1)
 
 
 def gradient_ascent_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Array:
@@ -93,7 +87,7 @@ def gradient_ascent_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike)
   logits, targets = common.as_array("logits", logits), common.as_array("targets", targets)
   mask = common.as_array("mask", mask)
   common.check_token_inputs(logits, targets, mask)
-  return common.masked_mean(_gather(_log_softmax(logits), targets), mask)
+  return common.masked_mean(common.target_log_probs(logits, targets), mask)
 
 
 def nll_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Array:

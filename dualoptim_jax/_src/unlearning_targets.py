@@ -35,17 +35,6 @@ def _token_inputs(
   return logits, targets, mask
 
 
-def _target_ids(targets: jax.Array, vocab: int) -> jax.Array:
-  # Masked-out positions may hold padding or HF's -100; clip them into range (they are masked).
-  return jnp.clip(targets.astype(jnp.int32), 0, vocab - 1)
-
-
-def _target_log_probs(logits: jax.Array, targets: jax.Array) -> jax.Array:
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  ids = _target_ids(targets, logits.shape[-1])
-  return jnp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
-
-
 def _cross_entropy(q: jax.Array, logits: jax.Array) -> jax.Array:
   """``-sum_v q_v log softmax(logits)_v`` per position; entries with ``q_v = 0`` count 0."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
@@ -95,7 +84,7 @@ def ceu_loss(logits: ArrayLike, targets: ArrayLike, mask: ArrayLike) -> jax.Arra
   if vocab < 2:
     raise ValueError(f"logits need a vocabulary of at least 2 for CE-U, got shape {logits.shape}")
   z = jax.lax.stop_gradient(logits.astype(jnp.float32))
-  is_target = jax.nn.one_hot(_target_ids(targets, vocab), vocab, dtype=jnp.bool_)
+  is_target = jax.nn.one_hot(common.target_ids(targets, vocab), vocab, dtype=jnp.bool_)
   q = jax.nn.softmax(jnp.where(is_target, -jnp.inf, z), axis=-1)
   return common.masked_mean(_cross_entropy(q, logits), mask)
 
@@ -129,7 +118,7 @@ def wga_loss(
   """
   logits, targets, mask = _token_inputs(logits, targets, mask)
   common.check_hyperparameter("beta", beta, low=0.0)
-  logp_t = _target_log_probs(logits, targets)
+  logp_t = common.target_log_probs(logits, targets)
   weight = jnp.power(jnp.exp(logp_t), jnp.asarray(beta, jnp.float32))
   return _weighted_log_likelihood(logp_t, weight, mask)
 
@@ -170,7 +159,7 @@ def satimp_loss(
   logits, targets, mask = _token_inputs(logits, targets, mask)
   common.check_hyperparameter("beta1", beta1, low=0.0)
   common.check_hyperparameter("beta2", beta2, low=0.0)
-  logp_t = _target_log_probs(logits, targets)
+  logp_t = common.target_log_probs(logits, targets)
   # jnp.power gives 0**0 = 1, so beta = 0 means "no factor" even at p_t = 0 or 1.
   saturation = jnp.power(jnp.exp(logp_t), jnp.asarray(beta1, jnp.float32))
   importance = jnp.power(-jnp.expm1(logp_t), jnp.asarray(beta2, jnp.float32))
@@ -226,7 +215,7 @@ def undial_loss(
   common.require_shape("ref_logits", ref_logits, logits.shape, "the shape of logits")
   common.check_hyperparameter("beta", beta, low=0.0)
   vocab = logits.shape[-1]
-  onehot = jax.nn.one_hot(_target_ids(targets, vocab), vocab, dtype=jnp.float32)
+  onehot = jax.nn.one_hot(common.target_ids(targets, vocab), vocab, dtype=jnp.float32)
   z_ref = jax.lax.stop_gradient(ref_logits.astype(jnp.float32))
   q = jax.nn.softmax(z_ref - jnp.asarray(beta, jnp.float32) * onehot, axis=-1)
   return common.masked_mean(_cross_entropy(q, logits), mask)
