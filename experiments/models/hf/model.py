@@ -31,7 +31,7 @@ from experiments.models.hf.layers import (
 )
 
 # Residual policy of the scanned block (jax.checkpoint), None: save everything autodiff needs.
-REMAT_POLICY = None
+REMAT_POLICY = jax.checkpoint_policies.dots_saveable
 
 
 class Block(nnx.Module):
