@@ -2,7 +2,10 @@
 
 A model qualifies when it has ``init_cache(batch, length)`` (a pytree of
 caches) and ``decode(ids, positions, key_mask, caches, index) -> (logits,
-caches)``, as :class:`experiments.models.decoder.DecoderLM` does. Prompts are
+caches)``, as :class:`experiments.models.decoder.DecoderLM` does. A model with
+stacked layers may also offer ``layer_params()``: it is called once, before the
+token loop, and passed to every ``decode`` call as ``layer_params=`` (so weights
+are not sliced out of their stacks at every token). Prompts are
 left-padded; positions count real tokens only, so they match the training-time
 positions of right-padded sequences. The whole loop is one ``lax.fori_loop``
 with static shapes: one compiled program per (architecture, prompt length,
@@ -64,7 +67,9 @@ def make_generate(
     key_mask = jnp.concatenate([mask, jnp.ones((b, max_new_tokens), mask.dtype)], axis=1)
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     caches = model.init_cache(b, p + max_new_tokens)
-    logits, caches = model.decode(ids, positions, key_mask, caches, jnp.zeros((), jnp.int32))
+    extra = {"layer_params": model.layer_params()} if hasattr(model, "layer_params") else {}
+    zero = jnp.zeros((), jnp.int32)
+    logits, caches = model.decode(ids, positions, key_mask, caches, zero, **extra)
 
     def pick(logits, i):
       logits = logits.astype(jnp.float32)
@@ -81,7 +86,7 @@ def make_generate(
       out = out.at[:, i].set(jnp.where(done, jnp.int32(pad_id), tok))
       for stop in stops:
         done = done | (tok == stop)
-      logits, caches = model.decode(tok[:, None], pos[:, None], key_mask, caches, p + i)
+      logits, caches = model.decode(tok[:, None], pos[:, None], key_mask, caches, p + i, **extra)
       return pick(logits[:, -1], i + 1), pos + 1, caches, out, done
 
     out = jnp.zeros((b, max_new_tokens), jnp.int32)

@@ -180,7 +180,17 @@ class CausalLM(nnx.Module):
     shape = (a.num_layers, batch, length, a.num_kv_heads, a.head_dim)
     return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
 
-  def decode(self, ids, positions, key_mask, caches, index):
+  def layer_params(self) -> tuple:
+    """Each block's parameters sliced out of the stacked arrays, for :meth:`decode`.
+
+    Generation slices once, before its token loop; a scan (or slices inside the loop) would
+    copy every layer's weights at every generated token (measured: a fifth of decoding time
+    for SmolLM2 at batch 16).
+    """
+    _, stacked = nnx.split(self.blocks)
+    return tuple(jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(self.arch.num_layers))
+
+  def decode(self, ids, positions, key_mask, caches, index, *, layer_params=None):
     """Logits (B, s, V) of new tokens ``ids`` (B, s) written at cache slot ``index``, new caches.
 
     Args:
@@ -189,20 +199,16 @@ class CausalLM(nnx.Module):
       key_mask: (B, S) 1 for cache slots that hold (or will hold) real tokens.
       caches: from :meth:`init_cache` or a previous call.
       index: int32 slot of the first new token.
+      layer_params: :meth:`layer_params`, computed once outside a token loop (default: sliced
+        here).
     """
     b, s = ids.shape
     rope = rotary_tables(positions, self.arch, self.dtype)
     q_slot = index + jnp.arange(s, dtype=jnp.int32)
     causal = jnp.arange(key_mask.shape[1], dtype=jnp.int32)[None, :] <= q_slot[:, None]
     bias = attention_bias(causal[None] & (key_mask[:, None, :] > 0))
-    graphdef, stacked = nnx.split(self.blocks)
-
-    def body(carry, xs):
-      x, caches = carry
-      layer, params = xs
+    graphdef = nnx.graphdef(self.blocks)
+    x = self._embed(ids)
+    for layer, params in enumerate(layer_params or self.layer_params()):
       x, caches = nnx.merge(graphdef, params).decode(x, rope, bias, caches, layer, index)
-      return (x, caches), None
-
-    layers = jnp.arange(self.arch.num_layers, dtype=jnp.int32)
-    (x, caches), _ = jax.lax.scan(body, (self._embed(ids), caches), (layers, stacked))
     return self._logits(x, (b, s)), caches
