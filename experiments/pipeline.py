@@ -64,6 +64,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   s.out.mkdir(parents=True, exist_ok=True)
   key = cache_key(corpus, s)
   cache = s.out / "checkpoints" / key
+  save = pathlib.Path(s.model.save_model) if s.model.save_model else None
   log(f"[data] {corpus.name}: {corpus.notes}")
 
   def tokenizer():  # the in-house BPE (a checkpoint brings its own)
@@ -73,22 +74,19 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     s.model.checkpoint, s.model.prompt_format, s.max_len, s.model_size, tokenizer
   )
   log(f"[model] {m.description}")
+  # --finetuned with --oracle: the user's two models, as they are
   given = None if s.model.oracle is None else model_setup.load_like(m, s.model.oracle)
   tuned = finetuned_and_oracle(m, corpus, s.finetune, cache, oracle=given, log=log)
-  if s.model.save_model and given is None:  # reusable later as --finetuned / --oracle
-    for name, state in (("finetuned", tuned.full), ("oracle", tuned.oracle)):
-      m.export(state, pathlib.Path(s.model.save_model) / name)
+  if save and given is None:  # reusable later as --finetuned / --oracle
+    m.export(tuned.full, save / "finetuned")
+    m.export(tuned.oracle, save / "oracle")
+
   deattr = unlearn_grid.needs_rollouts(s.loss_names)
   classifier = check = judged = None
   if deattr or s.attribution:  # the classifiers cost seconds: built only when asked for
     classifier, check, judged = owner_classifiers(s.classifier, corpus, m, tuned.full, cache, log)
-  evaluator = Evaluator(
-    m.graphdef,
-    m.encoder,
-    corpus,
-    limit=s.eval_size,
-    audit=attribution.Audit(m.tok, classifier, check),
-  )
+  audit = attribution.Audit(m.tok, classifier, check)
+  evaluator = Evaluator(m.graphdef, m.encoder, corpus, limit=s.eval_size, audit=audit)
   refs = references(evaluator, m.full(tuned.full), m.full(tuned.oracle))
   log(f"[before unlearning] {report.brief(refs.before)}")
   log(f"[oracle]            {report.brief(refs.oracle)}")
@@ -98,23 +96,14 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   if deattr:  # on-policy batches, rewarded down to the oracle's attribution
     floor = refs.oracle["forget_attribution"]
     rollouts = rollout.Rollouts(m.graphdef, m.encoder, corpus, classifier, floor, full=m.full)
-  export_to = s.model.save_model and pathlib.Path(s.model.save_model)
+  unlearner = Unlearner(m.apply, s.recipe, steps, warmup=warmup)
   one_run = unlearn_grid.UnlearningRun(
-    m,
-    tuned.full,
-    corpus,
-    Unlearner(m.apply, s.recipe, steps, warmup=warmup),
-    s.batch_size,
-    refs.evaluate,
-    rollouts=rollouts,
-    export_to=export_to or None,
-    log=log,
+    m, tuned.full, corpus, unlearner, s.batch_size, refs.evaluate, rollouts, save, log
   )
   run_parts = [key, dataclasses.asdict(s.recipe), steps, s.batch_size, s.eval_size]
   run_parts += [s.classifier] if classifier else []  # records with attribution per classifier
-  cells = unlearn_grid.cells(
-    s.loss_names, s.optimizer_names, s.lrs, s.seeds, grid.short_key(run_parts, 8)
-  )
+  run_key = grid.short_key(run_parts, 8)
+  cells = unlearn_grid.cells(s.loss_names, s.optimizer_names, s.lrs, s.seeds, run_key)
   runs = grid.run_cached(s.out / "runs", cells, one_run)
 
   payload = {

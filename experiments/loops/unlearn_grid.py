@@ -106,7 +106,6 @@ class UnlearningRun:
     unlearner: Unlearner,
     batch_size: int,
     evaluate: Callable[..., dict],
-    *,
     rollouts: rollout.Rollouts | None = None,
     export_to: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
