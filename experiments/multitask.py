@@ -108,21 +108,21 @@ def run(args, s: job.JobSettings, log=print) -> dict:
   runs = job.train_grid(
     m, base, names, [t.train for t in tasks], s.plan, runs_dir, evaluate, brief, log
   )
-  singles = (
-    _single_task(m, base, tasks, s.plan, runs_dir, evaluate, log) if args.single_task else []
-  )
+  singles = []
+  if args.single_task:
+    singles = _single_task(m, base, tasks, s.plan, runs_dir, evaluate, log)
+  setup = setup_record(s, tasks, m.n_params, base.seconds)
+  payload = {"setup": setup, "base": base_ev, "runs": runs, "single_task": singles}
+  payload["total_seconds"] = time.perf_counter() - t_start
+  write_report(s.out, payload, names, s.model.checkpoint is None, log)
+  return payload
 
-  labels = [*names, "average"]
-  cols = [(n, lambda r, n=n: r["tasks"][n]) for n in names] + [("average", lambda r: r["average"])]
-  rows = report.aggregate(runs, cols)
-  base_name = "base model (copy only)" if s.model.checkpoint is None else "base model (checkpoint)"
-  base_line = {base_name: {**base_ev["tasks"], "average": base_ev["average"]}}
-  single_line = {}
-  for srow in report.aggregate(singles, cols):
-    task = srow["optimizer"].removeprefix("single-task ")
-    single_line[f"{srow['optimizer']} (lr {srow['lr']:g})"] = {task: srow[task][0]}
-  table = report.markdown_table(rows, labels, {**base_line, **single_line})
-  setup = {
+
+def setup_record(
+  s: job.JobSettings, tasks: tuple[data.Task, ...], n_params: int, base_seconds: float
+) -> dict:
+  """What ``results.json`` records of the job's setup."""
+  return {
     "title": "Multi-task learning: qa, json, reverse (K = 3)",
     "notes": (
       f"Held-out metrics (qa: ROUGE-L recall, json/reverse: exact match), mean ± std over seeds "
@@ -134,25 +134,32 @@ def run(args, s: job.JobSettings, log=print) -> dict:
     "tasks": {
       t.name: {"train": len(t.train), "eval": len(t.eval), "metric": t.metric} for t in tasks
     },
-    "n_params": m.n_params,
-    "base_seconds": base.seconds,
+    "n_params": n_params,
+    "base_seconds": base_seconds,
   }
-  payload = {"setup": setup, "base": base_ev, "runs": runs, "single_task": singles}
-  payload["total_seconds"] = time.perf_counter() - t_start
-  wall = report.markdown_table(
-    report.aggregate(
-      runs, [("wall s", lambda r: r["wall_s"]), ("state MB", lambda r: r["state_bytes"] / 1e6)]
-    ),
-    ["wall s", "state MB"],
-  )
+
+
+def write_report(out, payload: dict, names: tuple[str, ...], copy_base: bool, log=print) -> None:
+  """The per-task, conflict and cost tables and the plots (``copy_base``: the in-house base)."""
+  runs, base_ev = payload["runs"], payload["base"]
+  labels = [*names, "average"]
+  cols = [(n, lambda r, n=n: r["tasks"][n]) for n in names] + [("average", lambda r: r["average"])]
+  rows = report.aggregate(runs, cols)
+  base_name = "base model (copy only)" if copy_base else "base model (checkpoint)"
+  base_line = {base_name: {**base_ev["tasks"], "average": base_ev["average"]}}
+  single_line = {}
+  for srow in report.aggregate(payload["single_task"], cols):
+    task = srow["optimizer"].removeprefix("single-task ")
+    single_line[f"{srow['optimizer']} (lr {srow['lr']:g})"] = {task: srow[task][0]}
+  table = report.markdown_table(rows, labels, {**base_line, **single_line})
+  cost = [("wall s", lambda r: r["wall_s"]), ("state MB", lambda r: r["state_bytes"] / 1e6)]
   sections = [
     ("Per-task held-out metrics", table),
     ("Conflict diagnostics (mean over training)", report.diagnostics_table(runs)),
-    ("Cost", wall),
+    ("Cost", report.markdown_table(report.aggregate(runs, cost), ["wall s", "state MB"])),
   ]
   draw = lambda path: plots.bars(rows, labels, path, "held-out metric per task")
-  job.write_report(s.out, payload, sections, names, ("tasks.png", draw), table, log)
-  return payload
+  job.write_report(out, payload, sections, names, ("tasks.png", draw), table, log)
 
 
 def main(argv: list[str] | None = None) -> int:

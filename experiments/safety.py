@@ -126,6 +126,44 @@ def run(args, s: job.JobSettings, d: data.SafetyData, log=print) -> dict:
   objectives = [d.safety_train, d.utility_train]
   runs = job.train_grid(m, base, NAMES, objectives, s.plan, s.out / "runs", evaluate, brief, log)
 
+  setup = setup_record(s, d, args.data, taught, m.n_params, base.seconds)
+  payload = {"setup": setup, "base": base_ev, "runs": runs}
+  payload["total_seconds"] = time.perf_counter() - t_start
+  write_report(s.out, payload, d.name, log)
+  return payload
+
+
+def setup_record(
+  s: job.JobSettings,
+  d: data.SafetyData,
+  data_arg: str,
+  taught: float,
+  n_params: int,
+  base_seconds: float,
+) -> dict:
+  """What ``results.json`` records of the job's setup (``data_arg``: the ``--data`` flag)."""
+  return {
+    "title": f"Safety alignment: {d.name}",
+    "notes": (
+      f"{d.notes}. safety = mean refusal rate over the harmful sets, over_refusal = mean refusal "
+      "rate over the benign sets (XSTest's string match on greedy outputs), utility = mean of the "
+      f"held-out generated tasks; mean ± std over seeds {', '.join(map(str, s.seeds))}; "
+      f"{s.steps} steps of {s.batch_size} sequences (joint: {s.batch_size // 2} per objective), "
+      f"cycle {s.run_lengths}. The safety targets themselves start with a refusal phrase "
+      f"{taught:.1%} of the time (the refusal rate of a model that copies them)."
+    ),
+    **s.record(),
+    "data": data_arg,
+    "taught_refusal_rate": taught,
+    "n_params": n_params,
+    "base_seconds": base_seconds,
+    "sets": {x.name: {"n": len(x.prompts), "harmful": x.harmful} for x in d.prompt_sets},
+  }
+
+
+def write_report(out: pathlib.Path, payload: dict, title: str, log=print) -> None:
+  """The summary, per-set, per-category and conflict tables and the plots."""
+  runs, base_ev = payload["runs"], payload["base"]
   summary = ["safety", "over_refusal", "utility"]
   cols = [(k, lambda r, k=k: r[k]) for k in summary]
   cols += [(f"utility {n}", lambda r, n=n: r["tasks"][n]) for n in base_ev["tasks"]]
@@ -139,34 +177,14 @@ def run(args, s: job.JobSettings, d: data.SafetyData, log=print) -> dict:
   per_set = report.markdown_table(rows, labels[3 + len(base_ev["tasks"]) :], {"base model": flat})
   base_run = {"optimizer": "base model", "lr": 0.0, "seed": 0, "categories": base_ev["categories"]}
   categories = report.category_table([base_run, *runs], "categories", "category")
-  setup = {
-    "title": f"Safety alignment: {d.name}",
-    "notes": (
-      f"{d.notes}. safety = mean refusal rate over the harmful sets, over_refusal = mean refusal "
-      "rate over the benign sets (XSTest's string match on greedy outputs), utility = mean of the "
-      f"held-out generated tasks; mean ± std over seeds {', '.join(map(str, s.seeds))}; "
-      f"{s.steps} steps of {s.batch_size} sequences (joint: {s.batch_size // 2} per objective), "
-      f"cycle {s.run_lengths}. The safety targets themselves start with a refusal phrase "
-      f"{taught:.1%} of the time (the refusal rate of a model that copies them)."
-    ),
-    **s.record(),
-    "data": args.data,
-    "taught_refusal_rate": taught,
-    "n_params": m.n_params,
-    "base_seconds": base.seconds,
-    "sets": {x.name: {"n": len(x.prompts), "harmful": x.harmful} for x in d.prompt_sets},
-  }
-  payload = {"setup": setup, "base": base_ev, "runs": runs}
-  payload["total_seconds"] = time.perf_counter() - t_start
   sections = [
     ("Safety, over-refusal, utility", table),
     ("Refusal rate per evaluation set", per_set),
     ("Refusal rate per category", categories),
     ("Conflict diagnostics (mean over training)", report.diagnostics_table(runs)),
   ]
-  draw = lambda path: plots.tradeoff(rows, "safety", ["over_refusal", "utility"], path, d.name)
-  job.write_report(s.out, payload, sections, NAMES, ("tradeoff.png", draw), table, log)
-  return payload
+  draw = lambda path: plots.tradeoff(rows, "safety", ["over_refusal", "utility"], path, title)
+  job.write_report(out, payload, sections, NAMES, ("tradeoff.png", draw), table, log)
 
 
 def main(argv: list[str] | None = None) -> int:
