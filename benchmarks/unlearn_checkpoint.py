@@ -90,15 +90,15 @@ def _timer(setup: model_setup.ModelSetup, steps: int):
 
 def time_rows(hf_tiny: pathlib.Path, steps: int, repeats: int) -> list[dict]:
   """Wall time per unlearning step of each model variant."""
-  llama = str(hf_tiny / "llama")
+  llama = hf_tiny / "llama"
   variants = {
-    "hf llama float32": model_setup.ModelOptions(model=llama),
-    "hf llama bfloat16": model_setup.ModelOptions(model=llama, param_dtype="bfloat16"),
-    "hf llama LoRA r8": model_setup.ModelOptions(model=llama, lora_rank=8),
+    "hf llama float32": model_setup.Checkpoint(llama),
+    "hf llama bfloat16": model_setup.Checkpoint(llama, param_dtype="bfloat16"),
+    "hf llama LoRA r8": model_setup.Checkpoint(llama, lora_rank=8),
   }
   if len(jax.devices()) >= 8:
-    variants["hf llama float32, mesh 4x2"] = model_setup.ModelOptions(model=llama, mesh=(4, 2))
-  setups = {k: model_setup.prepare(v, 96, None, "small") for k, v in variants.items()}
+    variants["hf llama float32, mesh 4x2"] = model_setup.Checkpoint(llama, mesh=(4, 2))
+  setups = {k: model_setup.from_checkpoint(v, 96) for k, v in variants.items()}
   # The in-house decoder at the same shape, fed the same token batches.
   ref = setups["hf llama float32"]
   cfg = ModelConfig(vocab_size=512, d_model=64, n_layers=2, n_heads=4, d_ff=128, max_len=96)

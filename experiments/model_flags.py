@@ -1,13 +1,19 @@
-"""The TOFU job's model flags: which checkpoint, prompt format, dtype, LoRA, mesh and export.
+"""The jobs' model flags: which checkpoint, prompt format, dtype, LoRA, mesh and export.
 
-Without any of them the job trains the in-house model as before. Values are
+Without any of them a job trains the in-house model as before. Values are
 checked before any work: a bad number is argparse's one line (the types of
 :mod:`experiments.cli`), a bad path or combination one ``ValueError`` line.
+The TOFU job takes them all (:func:`options_from`); the multi-objective jobs
+take ``--model`` and ``--prompt-format`` (:func:`base_options_from`).
+:class:`ModelOptions` records them; :meth:`ModelOptions.checkpoint` is what the
+model phase (:func:`experiments.models.setup.load`) loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import pathlib
 
 import jax
@@ -15,10 +21,66 @@ import jax
 from experiments import cli
 from experiments.data.prompts import DEFAULT, FORMATS, prompt_format
 from experiments.models.hf.config import read_config
-from experiments.models.setup import ModelOptions
+from experiments.models.setup import Checkpoint
 
 DTYPES = ("float32", "bfloat16")
 _MESH_AXES = ("data", "model")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelOptions:
+  """The job's model flags (defaults: the in-house model).
+
+  Attributes:
+    model: ``--model``: an HF-format folder to fine-tune (then unlearn).
+    finetuned: ``--finetuned``: an HF-format folder already fine-tuned on the data.
+    oracle: ``--oracle``: its retain-only counterpart (with ``finetuned``).
+    prompt_format: ``--prompt-format``: a name of :data:`~experiments.data.prompts.FORMATS`
+      or a template.
+    param_dtype: ``--param-dtype``: ``float32`` or ``bfloat16`` (moments stay float32).
+    lora_rank: ``--lora-rank``: train rank-R adapters only (0: every parameter).
+    mesh: ``--mesh``: ``(data, model)`` device counts, or None for one device.
+    save_model: ``--save-model``: folder for the models in HF format (the unlearned ones, and
+      the fine-tuned and oracle models when trained here).
+  """
+
+  model: str | None = None
+  finetuned: str | None = None
+  oracle: str | None = None
+  prompt_format: str = DEFAULT
+  param_dtype: str = "float32"
+  lora_rank: int = 0
+  mesh: tuple[int, int] | None = None
+  save_model: str | None = None
+
+  @property
+  def checkpoint(self) -> Checkpoint | None:
+    """The checkpoint the model (and its tokenizer) comes from, or None for the in-house model."""
+    path = self.model or self.finetuned
+    if path is None:
+      return None
+    return Checkpoint(pathlib.Path(path), self.param_dtype, self.lora_rank, self.mesh)
+
+  def key_parts(self) -> list:
+    """What the model adds to the checkpoint-cache key ([] for the in-house defaults).
+
+    A checkpoint's identity is its resolved path plus the size and modification
+    time of every file in it, so replacing the weights invalidates the cache.
+    """
+    parts: list = []
+    if self.prompt_format != DEFAULT:
+      parts.append(["prompt", prompt_format(self.prompt_format).template])
+    if self.checkpoint is None:
+      return parts
+    folders = [p for p in (self.model, self.finetuned, self.oracle) if p is not None]
+    ids = [_identity(pathlib.Path(p)) for p in folders]
+    return [*parts, ["hf", ids, self.param_dtype, self.lora_rank]]
+
+
+def _identity(folder: pathlib.Path) -> str:
+  stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir())
+  blob = repr((str(folder.resolve()), stats)).encode()
+  return hashlib.sha256(blob).hexdigest()[:16]
 
 
 def mesh_shape(text: str) -> tuple[int, int]:
@@ -105,6 +167,19 @@ def check_folder(flag: str, value: str) -> None:
   read_config(folder)  # an unsupported model_type or unreadable config.json: one line
 
 
+def checkpoint_source(flag: str, value: str | None) -> str | None:
+  """What a ``--model``, ``--finetuned`` or ``--oracle`` value names, checked (None: not given).
+
+  The one place a flag's value becomes the checkpoint a job loads, for every job.
+
+  Raises:
+    ValueError: not a usable checkpoint (one line naming the flag).
+  """
+  if value:
+    check_folder(flag, value)
+  return value
+
+
 def _simulate_devices(n: int) -> None:
   """Asks the CPU backend for ``n`` devices (possible only before JAX starts its backends)."""
   try:
@@ -114,7 +189,7 @@ def _simulate_devices(n: int) -> None:
 
 
 def options_from(args: argparse.Namespace) -> ModelOptions:
-  """Checked :class:`~experiments.models.setup.ModelOptions` from parsed arguments.
+  """The TOFU job's checked :class:`ModelOptions` from parsed arguments.
 
   Raises:
     ValueError: a missing or unusable folder, or flags that do not go together (one line).
@@ -123,12 +198,10 @@ def options_from(args: argparse.Namespace) -> ModelOptions:
     raise ValueError("give --model (fine-tune it here) or --finetuned with --oracle, not both")
   if bool(args.finetuned) != bool(args.oracle):
     raise ValueError("--finetuned and --oracle go together (forget quality needs the oracle)")
-  for flag, value in (("--model", args.model), ("--finetuned", args.finetuned)):
-    if value:
-      check_folder(flag, value)
-  if args.oracle:
-    check_folder("--oracle", args.oracle)
-  checkpoint = args.model or args.finetuned
+  model = checkpoint_source("--model", args.model)
+  finetuned = checkpoint_source("--finetuned", args.finetuned)
+  oracle = checkpoint_source("--oracle", args.oracle)
+  checkpoint = model or finetuned
   needs = {
     "--lora-rank": args.lora_rank is not None,
     "--mesh": args.mesh is not None,
@@ -145,25 +218,39 @@ def options_from(args: argparse.Namespace) -> ModelOptions:
     raise ValueError(f"--save-model {args.save_model}: a file is in the way (give a folder)")
   prompt_format(args.prompt_format)  # a malformed template: one line
   if args.mesh is not None:
-    data, model = args.mesh
+    n_data, n_model = args.mesh
     for flag in ("--batch-size", "--ft-batch-size"):
       size = getattr(args, flag[2:].replace("-", "_"))
-      if size % data:
-        raise ValueError(f"{flag} {size} is not a multiple of the mesh's data axis ({data})")
-    _simulate_devices(data * model)
-    if len(jax.devices()) < data * model:
+      if size % n_data:
+        raise ValueError(f"{flag} {size} is not a multiple of the mesh's data axis ({n_data})")
+    _simulate_devices(n_data * n_model)
+    if len(jax.devices()) < n_data * n_model:
       raise ValueError(
-        f"--mesh data:{data},model:{model} needs {data * model} devices; JAX has "
+        f"--mesh data:{n_data},model:{n_model} needs {n_data * n_model} devices; JAX has "
         f"{len(jax.devices())} (on CPU, start with XLA_FLAGS="
-        f"--xla_force_host_platform_device_count={data * model})"
+        f"--xla_force_host_platform_device_count={n_data * n_model})"
       )
   return ModelOptions(
-    model=args.model,
-    finetuned=args.finetuned,
-    oracle=args.oracle,
+    model=model,
+    finetuned=finetuned,
+    oracle=oracle,
     prompt_format=args.prompt_format,
     param_dtype=args.param_dtype,
     lora_rank=args.lora_rank or 0,
     mesh=args.mesh,
     save_model=args.save_model,
   )
+
+
+def base_options_from(args: argparse.Namespace) -> ModelOptions:
+  """The multi-objective jobs' ``--model`` and ``--prompt-format`` as checked :class:`ModelOptions`.
+
+  Raises:
+    ValueError: a malformed template, an unusable checkpoint, or in-house flags with one.
+  """
+  prompt_format(args.prompt_format)  # a malformed template: one line
+  if args.model is None:
+    return ModelOptions(prompt_format=args.prompt_format)
+  model = checkpoint_source("--model", args.model)
+  check_in_house_flags(args)
+  return ModelOptions(model=model, prompt_format=args.prompt_format)

@@ -17,7 +17,6 @@ with the layout of ``../shared/data/safety`` (Safety-Tuned LLaMAs + XSTest).
 
 from __future__ import annotations
 
-import dataclasses
 import pathlib
 import sys
 import time
@@ -25,21 +24,21 @@ import time
 import numpy as np
 
 from experiments import cli
+from experiments import multiobjective_job as job
 from experiments.data import safety as data
 from experiments.data.batching import round_up
 from experiments.data.corpus import DataError
 from experiments.evaluation import generation
 from experiments.evaluation import multiobjective_plots as plots
 from experiments.evaluation import multiobjective_report as report
-from experiments.loops import multiobjective as mo
-from experiments.multitask import common_parser, job_settings
+from experiments.models.setup import ModelSetup
 
 NAMES = ("safety", "utility")
 REFUSAL_TOKENS = 16  # XSTest's rule reads only the start of an answer
 
 
 def parser():
-  p = common_parser(
+  p = job.common_parser(
     "python -m experiments.safety",
     __doc__.split("\n")[0],
     out="results/safety",
@@ -67,11 +66,11 @@ def load(args) -> tuple[data.SafetyData, bool]:
   return data.load(pathlib.Path(args.data), **size), True
 
 
-def make_evaluate(prep: mo.Prepared, d: data.SafetyData):
+def make_evaluate(m: ModelSetup, d: data.SafetyData):
   """``evaluate(params)``: refusal rates per set and category, utility, the three summaries."""
-  refusals = generation.Generator(prep.graphdef, prep.encoder, max_new_tokens=REFUSAL_TOKENS)
-  longest = max(len(prep.encoder.pair("", a)[0]) for t in d.utility_tasks for _, a in t.eval)
-  answers = generation.Generator(prep.graphdef, prep.encoder, max_new_tokens=round_up(longest, 8))
+  refusals = generation.Generator(m.graphdef, m.encoder, max_new_tokens=REFUSAL_TOKENS)
+  longest = max(len(m.encoder.pair("", a)[0]) for t in d.utility_tasks for _, a in t.eval)
+  answers = generation.Generator(m.graphdef, m.encoder, max_new_tokens=round_up(longest, 8))
   harmful = [s.name for s in d.prompt_sets if s.harmful]
   benign = [s.name for s in d.prompt_sets if not s.harmful]
 
@@ -113,19 +112,58 @@ def brief(rec: dict) -> str:
   )
 
 
-def run(args, s: mo.JobSettings, d: data.SafetyData, log=print) -> dict:
+def run(args, s: job.JobSettings, d: data.SafetyData, log=print) -> dict:
   """Runs the job and writes results.json, results.md and the plots."""
   t_start = time.perf_counter()
   base_pairs = d.utility_train  # a helpful model that has never seen a harmful request
   texts = d.texts()
   taught = generation.refusal_rate([a for _, a in d.safety_train])
   log(f"[data] {d.name}: {d.notes}; refusal rate of the safety targets {taught:.3f}")
-  prep = mo.prepare(texts, base_pairs, s, log)
-  evaluate = make_evaluate(prep, d)
-  base_ev = evaluate(prep.params)
+  m, base = job.base_model(texts, base_pairs, s, log)
+  evaluate = make_evaluate(m, d)
+  base_ev = evaluate(base.params)
   log(f"[base model] {brief(base_ev)}")
-  runs = mo.run_grid(prep, NAMES, [d.safety_train, d.utility_train], s, evaluate, brief, log)
+  objectives = [d.safety_train, d.utility_train]
+  runs = job.train_grid(m, base, NAMES, objectives, s.plan, s.out / "runs", evaluate, brief, log)
 
+  setup = setup_record(s, d, args.data, taught, m.n_params, base.seconds)
+  payload = {"setup": setup, "base": base_ev, "runs": runs}
+  payload["total_seconds"] = time.perf_counter() - t_start
+  write_report(s.out, payload, d.name, log)
+  return payload
+
+
+def setup_record(
+  s: job.JobSettings,
+  d: data.SafetyData,
+  data_arg: str,
+  taught: float,
+  n_params: int,
+  base_seconds: float,
+) -> dict:
+  """What ``results.json`` records of the job's setup (``data_arg``: the ``--data`` flag)."""
+  return {
+    "title": f"Safety alignment: {d.name}",
+    "notes": (
+      f"{d.notes}. safety = mean refusal rate over the harmful sets, over_refusal = mean refusal "
+      "rate over the benign sets (XSTest's string match on greedy outputs), utility = mean of the "
+      f"held-out generated tasks; mean ± std over seeds {', '.join(map(str, s.seeds))}; "
+      f"{s.steps} steps of {s.batch_size} sequences (joint: {s.batch_size // 2} per objective), "
+      f"cycle {s.run_lengths}. The safety targets themselves start with a refusal phrase "
+      f"{taught:.1%} of the time (the refusal rate of a model that copies them)."
+    ),
+    **s.record(),
+    "data": data_arg,
+    "taught_refusal_rate": taught,
+    "n_params": n_params,
+    "base_seconds": base_seconds,
+    "sets": {x.name: {"n": len(x.prompts), "harmful": x.harmful} for x in d.prompt_sets},
+  }
+
+
+def write_report(out: pathlib.Path, payload: dict, title: str, log=print) -> None:
+  """The summary, per-set, per-category and conflict tables and the plots."""
+  runs, base_ev = payload["runs"], payload["base"]
   summary = ["safety", "over_refusal", "utility"]
   cols = [(k, lambda r, k=k: r[k]) for k in summary]
   cols += [(f"utility {n}", lambda r, n=n: r["tasks"][n]) for n in base_ev["tasks"]]
@@ -139,45 +177,14 @@ def run(args, s: mo.JobSettings, d: data.SafetyData, log=print) -> dict:
   per_set = report.markdown_table(rows, labels[3 + len(base_ev["tasks"]) :], {"base model": flat})
   base_run = {"optimizer": "base model", "lr": 0.0, "seed": 0, "categories": base_ev["categories"]}
   categories = report.category_table([base_run, *runs], "categories", "category")
-  setup = {
-    "title": f"Safety alignment: {d.name}",
-    "notes": (
-      f"{d.notes}. safety = mean refusal rate over the harmful sets, over_refusal = mean refusal "
-      "rate over the benign sets (XSTest's string match on greedy outputs), utility = mean of the "
-      f"held-out generated tasks; mean ± std over seeds {', '.join(map(str, s.seeds))}; "
-      f"{s.steps} steps of {s.batch_size} sequences (joint: {s.batch_size // 2} per objective), "
-      f"cycle {s.run_lengths}. The safety targets themselves start with a refusal phrase "
-      f"{taught:.1%} of the time (the refusal rate of a model that copies them)."
-    ),
-    **{k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in dataclasses.asdict(s).items()},
-    "data": args.data,
-    "taught_refusal_rate": taught,
-    "n_params": prep.n_params,
-    "base_seconds": prep.base_seconds,
-    "sets": {x.name: {"n": len(x.prompts), "harmful": x.harmful} for x in d.prompt_sets},
-  }
-  payload = {"setup": setup, "base": base_ev, "runs": runs}
-  payload["total_seconds"] = time.perf_counter() - t_start
-  report.write(
-    s.out,
-    payload,
-    [
-      ("Safety, over-refusal, utility", table),
-      ("Refusal rate per evaluation set", per_set),
-      ("Refusal rate per category", categories),
-      ("Conflict diagnostics (mean over training)", report.diagnostics_table(runs)),
-    ],
-  )
-  if runs:
-    plots.tradeoff(rows, "safety", ["over_refusal", "utility"], s.out / "tradeoff.png", d.name)
-    plots.conflict(runs, s.out / "conflict.png")
-    plots.loss_curves(runs, list(NAMES), s.out / "loss_curves.png")
-  log("\n" + table)
-  log(
-    f"\n[done] {payload['total_seconds']:.0f}s total; wrote {s.out}/results.json, results.md, "
-    "tradeoff.png, conflict.png, loss_curves.png"
-  )
-  return payload
+  sections = [
+    ("Safety, over-refusal, utility", table),
+    ("Refusal rate per evaluation set", per_set),
+    ("Refusal rate per category", categories),
+    ("Conflict diagnostics (mean over training)", report.diagnostics_table(runs)),
+  ]
+  draw = lambda path: plots.tradeoff(rows, "safety", ["over_refusal", "utility"], path, title)
+  job.write_report(out, payload, sections, NAMES, ("tradeoff.png", draw), table, log)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     d, real = load(args)
     vocab, max_len = (2048, 128) if real else (1024, 128)
-    s = job_settings(args, k=2, vocab=vocab, max_len=max_len, base_epochs=3)
+    s = job.job_settings(args, k=2, vocab=vocab, max_len=max_len, base_epochs=3)
   except (DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

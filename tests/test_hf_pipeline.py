@@ -19,6 +19,7 @@ from experiments.data.prompts import FORMATS, prompt_format
 from experiments.loops import losses, optimizers
 from experiments.loops.checkpoint import Checkpoints
 from experiments.loops.unlearn import UnlearnBatches, Unlearner
+from experiments.model_flags import ModelOptions
 from experiments.models import setup as model_setup
 from experiments.models.decoder import DecoderLM, config_for
 from experiments.models.generate import make_generate
@@ -142,20 +143,19 @@ def test_checkpoint_defaults_follow_the_reference():
 
 
 def test_cache_key_names_the_checkpoint_dtype_and_rank(tmp_path):
-  assert model_setup.ModelOptions().key_parts() == []  # in-house keys are unchanged
+  assert ModelOptions().key_parts() == []  # in-house keys are unchanged
   llama = str(HF_TINY / "llama")
   keys = [
-    json.dumps(model_setup.ModelOptions(model=p, param_dtype=d, lora_rank=r).key_parts())
+    json.dumps(ModelOptions(model=p, param_dtype=d, lora_rank=r).key_parts())
     for p, d, r in [(llama, "float32", 0), (llama, "bfloat16", 0), (llama, "float32", 8)]
   ]
   copy = copy_case("llama", tmp_path)
-  keys.append(json.dumps(model_setup.ModelOptions(model=str(copy)).key_parts()))
+  keys.append(json.dumps(ModelOptions(model=str(copy)).key_parts()))
   assert len(set(keys)) == 4
 
 
 def test_lora_unlearning_changes_only_adapters():
-  options = model_setup.ModelOptions(model=str(HF_TINY / "qwen2"), lora_rank=8)
-  m = model_setup.prepare(options, 96, None, "small")
+  m = model_setup.from_checkpoint(model_setup.Checkpoint(HF_TINY / "qwen2", lora_rank=8), 96)
   assert m.frozen is not None and {p[-1] for p, _ in nnx.to_flat_state(m.params)} == {
     "lora_a",
     "lora_b",

@@ -33,8 +33,7 @@ OBJECTIVES = (do.FORGET, do.RETAIN, do.RETAIN)
 
 def unlearn(optimizer: str, mesh):
   """Three F,R,R steps of NPO+GD through the job's compiled step: setup, params, state, losses."""
-  options = model_setup.ModelOptions(model=str(HF_TINY / "llama"), mesh=mesh)
-  m = model_setup.prepare(options, 64, None, "small")
+  m = model_setup.from_checkpoint(model_setup.Checkpoint(HF_TINY / "llama", mesh=mesh), 64)
   corpus = synthetic.generate("forget05", n_authors=4)
   batches = m.placed(UnlearnBatches(corpus, m.encoder, losses.roles_for("NPO", "GD"), 8, 0))
   unlearner = Unlearner(m.apply, optimizers.Recipe(), len(OBJECTIVES), 1)

@@ -7,7 +7,9 @@ evaluation of any model with the same architecture reuses. The scoring program
 returns, per row, the length-normalised answer log-prob and the Min-K% and
 Min-K%++ membership scores (all from :mod:`dualoptim_jax.unlearning`); the
 forget answers against the corpus's holdout answers (never trained on) give
-the membership-inference AUCs.
+the membership-inference AUCs. :func:`references` evaluates the retain-only
+oracle and the fine-tuned model once; every unlearned model is then scored
+against the oracle (:meth:`References.evaluate`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dualoptim_jax import unlearning
 from experiments.data.batching import Encoder, round_up
 from experiments.data.corpus import QA, Corpus
 from experiments.evaluation import metrics
+from experiments.evaluation.attribution import tug_of_war_rouge
 from experiments.models.generate import make_generate
 
 EVAL_SETS = ("forget", "retain", "real_authors", "world_facts")
@@ -204,3 +207,34 @@ class Evaluator:
     member = {s: scores[rows["forget"], c] for s, c in columns.items()}
     holdout = {s: scores[rows["holdout"], c] for s, c in columns.items()}
     return metrics.mia_audit(member, holdout, oracle_mia)
+
+
+@dataclasses.dataclass
+class References:
+  """The oracle's evaluation, which every other is scored against, and the fine-tuned model's.
+
+  Attributes:
+    evaluator: the job's evaluator.
+    oracle: the retain-only oracle's evaluation (forget quality 1 by definition).
+    before: the fine-tuned model's evaluation (before unlearning).
+  """
+
+  evaluator: Evaluator
+  oracle: dict
+  before: dict = dataclasses.field(default_factory=dict)
+
+  def evaluate(self, state) -> dict:
+    """All metrics of a whole model ``state``, Forget Quality, PrivLeak and Tug-of-War included."""
+    ev = self.evaluator(state, np.asarray(self.oracle["forget"]["r"]), self.oracle["mia"])
+    ev["tug_of_war"] = tug_of_war_rouge(ev, self.oracle)
+    return ev
+
+
+def references(evaluator: Evaluator, finetuned, oracle) -> References:
+  """Evaluates the whole states of the ``oracle`` and then the ``finetuned`` model."""
+  oracle_ev = evaluator(oracle)
+  oracle_ev["forget_quality"] = 1.0
+  oracle_ev["tug_of_war"] = tug_of_war_rouge(oracle_ev, oracle_ev)
+  refs = References(evaluator, oracle_ev)
+  refs.before = refs.evaluate(finetuned)
+  return refs

@@ -224,6 +224,20 @@ def equal_forgetting(rows: list[dict], threshold: float = EQUAL_FORGETTING) -> s
   return "\n".join(lines)
 
 
+def brief(ev: dict) -> str:
+  """One log line of an evaluation."""
+  fq = ev["forget_quality"]
+  return (
+    f"forget ROUGE {ev['forget']['rouge']:.3f} prob {ev['forget']['prob']:.3f} | "
+    f"retain ROUGE {ev['retain']['rouge']:.3f} | MU {ev['model_utility']:.3f} | "
+    f"FE {ev['forget_efficacy']:.3f}"
+    + ("" if fq is None else f" | FQ {fq:.3g}")
+    + ("" if not ev.get("mia") else f" | MIA AUC {ev['mia']['min_k_pp_auc']:.3f}")
+    + ("" if "tug_of_war" not in ev else f" | ToW {ev['tug_of_war']:.3f}")
+    + ("" if "forget_attribution" not in ev else f" | attr {ev['forget_attribution']:.3f}")
+  )
+
+
 def write(out: pathlib.Path, payload: dict) -> None:
   """Writes ``results.json`` and ``results.md`` (table + setup) under ``out``."""
   out.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,9 @@
 """Fine-tuning loop (original model and retain-only oracle), resumable from orbax checkpoints.
 
+:func:`finetuned_and_oracle` is the TOFU job's phase (both models, cached);
+:func:`fine_tune_model` trains a :class:`~experiments.models.setup.ModelSetup`
+(also the multi-objective jobs' base model).
+
 The NNX model is split once into a graph definition and a parameter state; the
 jitted step takes and returns the state, and the learning rate is a traced
 argument so one compiled step serves both models. A LoRA model trains its
@@ -11,6 +15,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +26,13 @@ import optax
 from tqdm.auto import tqdm
 
 from experiments.data.batching import Encoder, round_up
-from experiments.data.corpus import QA
+from experiments.data.corpus import QA, Corpus
 from experiments.loops import losses, optimizers
 from experiments.loops.checkpoint import Checkpoints
 from experiments.models import with_frozen
+
+if TYPE_CHECKING:
+  from experiments.models.setup import ModelSetup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,3 +156,82 @@ def fine_tune(
     if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs:
       ckpt.save(epoch + 1, params, opt_state)
   return params, history
+
+
+def fine_tune_model(
+  m: ModelSetup,
+  data: tuple[QA, ...],
+  cfg: FineTuneConfig,
+  ckpt_dir: pathlib.Path,
+  *,
+  desc: str,
+  step_fn=None,
+) -> tuple[Any, list[float], float]:
+  """:func:`fine_tune` of the model ``m`` from its initial state: ``(params, losses, seconds)``."""
+  t0 = time.perf_counter()
+  params, history = fine_tune(
+    m.apply,
+    m.params,
+    data,
+    m.encoder,
+    cfg,
+    ckpt_dir,
+    desc=desc,
+    step_fn=step_fn,
+    frozen=m.frozen,
+    place_batch=m.place_batch,
+  )
+  return params, history, time.perf_counter() - t0
+
+
+@dataclasses.dataclass
+class Tuned:
+  """The fine-tuned model and the retain-only oracle every unlearning run is measured against.
+
+  Attributes:
+    full: the fine-tuned model's trained state (``params``-shaped: adapters with LoRA).
+    oracle: the oracle's state (``params``-shaped, or a whole state when given as is).
+    seconds: fine-tuning time of each (``full``, ``oracle``; ~0 when cached, 0 when given).
+  """
+
+  full: Any
+  oracle: Any
+  seconds: dict[str, float]
+
+
+def finetuned_and_oracle(
+  m: ModelSetup,
+  corpus: Corpus,
+  cfg: FineTuneConfig,
+  cache: pathlib.Path,
+  *,
+  oracle=None,
+  log: Callable[[str], None] = print,
+) -> Tuned:
+  """Fine-tunes ``m`` on all the data and, from the same start, on the retain data only.
+
+  Both are checkpointed under ``cache/full`` and ``cache/oracle``: an interrupted
+  fine-tuning resumes and a finished one is read back. Given an ``oracle`` (a
+  whole state: ``--oracle``), ``m`` already is the fine-tuned model (``--finetuned``)
+  and nothing is trained.
+  """
+  if oracle is not None:
+    full, history, t_full, t_oracle = m.params, [], 0.0, 0.0
+  else:
+    step_fn = make_finetune_step(m.apply, m.params, cfg.weight_decay)  # one for both models
+    full, history, t_full = fine_tune_model(
+      m, corpus.full_train(), cfg, cache / "full", desc="fine-tune (all data)", step_fn=step_fn
+    )
+    oracle, _, t_oracle = fine_tune_model(
+      m,
+      corpus.oracle_train(),
+      cfg,
+      cache / "oracle",
+      desc="fine-tune (retain-only oracle)",
+      step_fn=step_fn,
+    )
+  log(
+    f"[fine-tune] {t_full:.0f}s (final epoch loss {history[-1] if history else 'cached'}); "
+    f"oracle {t_oracle:.0f}s"
+  )
+  return Tuned(full, oracle, {"full": t_full, "oracle": t_oracle})

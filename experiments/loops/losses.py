@@ -12,12 +12,13 @@ Shifting: ``targets[:, t] = 1`` when token ``ids[:, t]`` is an answer target, so
 and padding positions count for no loss, the KL retain loss included).
 
 Hyperparameters ride on the loss name, ``NAME:key=value[:key=value...]``, e.g.
-``DiPO:gamma=10:top_k=3+GD`` or ``NPO:beta=0.05+KL`` (keys in :data:`OPTIONS`);
+``DiPO:gamma=10:top_k=3+GD`` or ``NPO:beta=0.05+KL`` (keys in :data:`LOSSES`);
 without options the defaults below apply (``beta = 0.1`` unless noted).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 
@@ -162,30 +163,67 @@ def ap(apply, params, ref_params, b, *, beta=BETA):
 
 LossFn = Callable[..., jax.Array]
 
-# The hyperparameters a name may carry (``NAME:key=value``), with their parsers and checks.
+# The hyperparameters a name may carry (``NAME:key=value``): their parsers and checks.
 _POSITIVE = (float, lambda v: v > 0, "> 0")
 _NONNEGATIVE = (float, lambda v: v >= 0, ">= 0")
 _ANY = (float, lambda v: True, "a number")
-OPTIONS: dict[str, dict[str, tuple]] = {
-  "NPO": {"beta": _POSITIVE},
-  "SimNPO": {"beta": _POSITIVE, "gamma": _ANY},
-  "DPO": {"beta": _POSITIVE},
-  "DiPO": {
-    "beta": _POSITIVE,
-    "gamma": _NONNEGATIVE,
-    "top_k": (int, lambda v: v >= 1, "an integer >= 1"),
-    "mean": (int, lambda v: v in (0, 1), "0 or 1"),
-  },
-  "AP": {"beta": _POSITIVE},
-  "DeAttr": {
-    "clip": _NONNEGATIVE,
-    "kl": _NONNEGATIVE,
-    "samples": (int, lambda v: v >= 1, "an integer >= 1"),
-    "critic": (int, lambda v: v in (0, 1), "0 or 1"),
-    "own": (int, lambda v: v in (0, 1), "0 or 1"),
-    "floor": (int, lambda v: v in (0, 1), "0 or 1"),
-    "reuse": (int, lambda v: v >= 1, "an integer >= 1"),
-  },
+_FLAG = (int, lambda v: v in (0, 1), "0 or 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Loss:
+  """A forget or retain loss, as the registry knows it.
+
+  Attributes:
+    fn: ``fn(apply, params, ref_params, batches) -> loss`` (options as keywords).
+    side: ``forget`` or ``retain``.
+    roles: the batch roles it reads (the loop builds only those).
+    options: the hyperparameters its name may carry, ``key -> (parser, check, wording)``.
+  """
+
+  fn: LossFn
+  side: str
+  roles: tuple[str, ...]
+  options: dict[str, tuple] = dataclasses.field(default_factory=dict)
+
+
+# Every loss, one row each: a new loss is one row here (and its function above).
+LOSSES: dict[str, Loss] = {
+  "GA": Loss(ga, "forget", ("forget",)),
+  "NPO": Loss(npo, "forget", ("forget",), {"beta": _POSITIVE}),
+  "SimNPO": Loss(simnpo, "forget", ("forget",), {"beta": _POSITIVE, "gamma": _ANY}),
+  "DPO": Loss(dpo, "forget", ("forget", "forget_idk"), {"beta": _POSITIVE}),
+  "IDK": Loss(idk, "forget", ("forget_idk",)),
+  "ME": Loss(me, "forget", ("forget",)),
+  "DiPO": Loss(
+    dipo,
+    "forget",
+    ("forget",),
+    {
+      "beta": _POSITIVE,
+      "gamma": _NONNEGATIVE,
+      "top_k": (int, lambda v: v >= 1, "an integer >= 1"),
+      "mean": _FLAG,
+    },
+  ),
+  # DeAttr's forget batch picks the questions; loops/rollout.py adds the "rollout" role.
+  "DeAttr": Loss(
+    deattr,
+    "forget",
+    ("forget",),
+    {
+      "clip": _NONNEGATIVE,
+      "kl": _NONNEGATIVE,
+      "samples": (int, lambda v: v >= 1, "an integer >= 1"),
+      "critic": _FLAG,
+      "own": _FLAG,
+      "floor": _FLAG,
+      "reuse": (int, lambda v: v >= 1, "an integer >= 1"),
+    },
+  ),
+  "GD": Loss(gd, "retain", ("retain",)),
+  "KL": Loss(kl, "retain", ("retain",)),
+  "AP": Loss(ap, "retain", ("retain", "retain_idk"), {"beta": _POSITIVE}),
 }
 
 
@@ -195,7 +233,7 @@ def _split(name: str) -> tuple[str, dict[str, float | int]]:
   opts: dict[str, float | int] = {}
   for item in items:
     key, sep, text = item.partition("=")
-    allowed = OPTIONS.get(base, {})
+    allowed = LOSSES[base].options if base in LOSSES else {}
     if not sep or key not in allowed:
       keys = ", ".join(allowed) or "none"
       raise ValueError(f"bad option {item!r} in loss {name!r}: use key=value with keys {keys}")
@@ -220,34 +258,13 @@ class _Registry(dict):
     return functools.partial(self[base], **_split(name)[1])
 
 
-FORGET_LOSSES: dict[str, LossFn] = _Registry(
-  {
-    "GA": ga,
-    "NPO": npo,
-    "SimNPO": simnpo,
-    "DPO": dpo,
-    "IDK": idk,
-    "ME": me,
-    "DiPO": dipo,
-    "DeAttr": deattr,
-  }
-)
-RETAIN_LOSSES: dict[str, LossFn] = _Registry({"GD": gd, "KL": kl, "AP": ap})
-NEEDS_REFERENCE = {"NPO", "DPO", "DiPO", "KL", "DeAttr"}  # DeAttr: with kl > 0
-# Which batch roles each loss reads (the loop only builds what is needed).
-ROLES = {
-  "GA": ("forget",),
-  "NPO": ("forget",),
-  "SimNPO": ("forget",),
-  "DPO": ("forget", "forget_idk"),
-  "IDK": ("forget_idk",),
-  "ME": ("forget",),
-  "DiPO": ("forget",),
-  "DeAttr": ("forget",),  # the forget batch picks the questions; loops/rollout.py adds "rollout"
-  "GD": ("retain",),
-  "KL": ("retain",),
-  "AP": ("retain", "retain_idk"),
-}
+def _side(side: str) -> dict[str, LossFn]:
+  return _Registry({name: loss.fn for name, loss in LOSSES.items() if loss.side == side})
+
+
+# Name -> loss function of each side (names with options resolve too: ``NPO:beta=0.05``).
+FORGET_LOSSES: dict[str, LossFn] = _side("forget")
+RETAIN_LOSSES: dict[str, LossFn] = _side("retain")
 
 
 def _canonical(part: str, registry: dict, side: str, name: str) -> str:
@@ -281,4 +298,4 @@ def parse_loss(name: str) -> tuple[str, str]:
 
 def roles_for(forget: str, retain: str) -> tuple[str, ...]:
   """The batch roles a loss pair reads (forget-side roles first)."""
-  return ROLES[forget.partition(":")[0]] + ROLES[retain.partition(":")[0]]
+  return LOSSES[forget.partition(":")[0]].roles + LOSSES[retain.partition(":")[0]].roles

@@ -26,9 +26,6 @@ optimizer) and, for the DualOptim+ family, delta cosines and base shares
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import pathlib
 import time
 
 import jax
@@ -38,9 +35,7 @@ import optax
 from tqdm.auto import tqdm
 
 import dualoptim_jax
-from experiments.data import tokenizer as toklib
 from experiments.data.batching import Batch, Encoder
-from experiments.data.corpus import QA
 from experiments.evaluation.multiobjective_diagnostics import (
   cosine_matrix,
   delta_conflict,
@@ -48,9 +43,6 @@ from experiments.evaluation.multiobjective_diagnostics import (
   pairs_of,
 )
 from experiments.loops import losses, optimizers
-from experiments.loops.finetune import FineTuneConfig, fine_tune
-from experiments.models import make_apply, setup
-from experiments.models.setup import ModelOptions
 
 JOINT, ALTERNATING = "joint", "alternating"
 PROBE_SIZE = 64
@@ -267,128 +259,3 @@ class MultiObjectiveTrainer:
       entry["lr"] = float(self.shape(k)) * peak_lr
       log.append(entry)
     return TrainResult(params, log, diags, wall, optimizers.state_bytes(opt_state))
-
-
-@dataclasses.dataclass(frozen=True)
-class JobSettings:
-  """What the multi-task and safety CLIs control (see their ``--help``).
-
-  Seeds change the batch order only (every run starts from the same base
-  model); ``base`` is the base model's AdamW training, checkpointed and shared;
-  ``run_lengths`` is the objective cycle (one entry per objective).
-  """
-
-  out: pathlib.Path
-  optimizer_names: tuple[str, ...]
-  seeds: tuple[int, ...]
-  lrs: tuple[float, ...]
-  steps: int
-  batch_size: int
-  model_size: str
-  vocab_size: int
-  max_len: int
-  run_lengths: tuple[int, ...]
-  base: FineTuneConfig
-  diag_every: int
-  model: ModelOptions = ModelOptions()
-
-
-@dataclasses.dataclass
-class Prepared:
-  """The shared pieces of a job: tokenizer, model graph, base parameters."""
-
-  encoder: Encoder
-  graphdef: object
-  apply: object
-  params: object
-  n_params: int
-  key: str
-  base_seconds: float
-
-
-def prepare(texts: list[str], base_pairs, s: JobSettings, log=print) -> Prepared:
-  """Tokenizer (trained on ``texts``), model and base model (trained on ``base_pairs``).
-
-  Both are cached under ``{out}/checkpoints/{key}`` (key = the texts, the base
-  data, the model and the base hyperparameters), so later runs reuse them and
-  an interrupted base training resumes. With a checkpoint (``s.model``) its own
-  tokenizer and weights replace the in-house ones; it is the base model unless
-  ``s.base.epochs`` asks for copy pretraining on top.
-  """
-  parts = [texts, list(base_pairs), s.model_size, s.vocab_size, s.max_len]
-  parts += [dataclasses.asdict(s.base), *s.model.key_parts()]  # [] for the in-house model
-  key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:12]
-  cache = s.out / "checkpoints" / key
-  if s.model.checkpoint is None:
-    path = cache / "tokenizer.json"
-    if path.is_file():
-      tok = toklib.load_tokenizer(path)
-    else:
-      tok = toklib.train_tokenizer(texts, s.vocab_size)
-      toklib.save_tokenizer(tok, path)
-    model = setup.in_house(tok, s.model_size, s.max_len, s.model)
-  else:
-    model = setup.from_checkpoint(s.model, s.max_len)
-  encoder, graphdef, params = model.encoder, model.graphdef, model.params
-  apply = make_apply(graphdef)
-  n_params = model.n_params
-  log(f"[model] {model.description}")
-  t0 = time.perf_counter()
-  hist = []
-  if s.base.epochs > 0:
-    data = tuple(QA(q, a) for q, a in base_pairs)
-    base = cache / "base"
-    params, hist = fine_tune(apply, params, data, encoder, s.base, base, desc="base model")
-  seconds = time.perf_counter() - t0
-  done = f" (final epoch loss {hist[-1]:.3f})" if hist else " (cached)"
-  log(f"[base model] {seconds:.0f}s" + (done if s.base.epochs > 0 else " (the checkpoint as is)"))
-  return Prepared(encoder, graphdef, apply, params, n_params, key, seconds)
-
-
-def run_grid(prep: Prepared, names, objectives, s: JobSettings, evaluate, brief, log=print):
-  """Trains and evaluates every (seed, optimizer, lr); returns the run records.
-
-  Each record (``optimizer``, ``lr``, ``seed``, ``steps``, ``wall_s``,
-  ``state_bytes``, ``log``, ``diagnostics`` and what ``evaluate(params)``
-  returns) is written to ``{out}/runs/*.json`` and reused when the same run is
-  asked for again. Seed-major order: an interrupted job has whole seeds.
-  """
-  trainer = MultiObjectiveTrainer(
-    prep.apply,
-    names,
-    optimizers.Recipe(),
-    s.run_lengths,
-    s.steps,
-    max(s.steps // 10, 1),
-    s.diag_every,
-  )
-  run_key = hashlib.sha256(
-    json.dumps([prep.key, s.steps, s.batch_size, s.run_lengths, s.diag_every]).encode()
-  ).hexdigest()[:8]
-  runs_dir = s.out / "runs"
-  runs_dir.mkdir(parents=True, exist_ok=True)
-  grid = [(seed, o, lr) for seed in s.seeds for o in s.optimizer_names for lr in s.lrs]
-  records = []
-  for i, (seed, opt, lr) in enumerate(grid):
-    path = runs_dir / f"{opt}-lr{lr:g}-s{seed}-{run_key}.json"
-    if path.is_file():
-      records.append(json.loads(path.read_text()))
-      continue
-    batches = ObjectiveBatches(objectives, prep.encoder, s.batch_size, seed)
-    tag = f"[{i + 1}/{len(grid)}] {opt} lr={lr:g} seed={seed}"
-    res = trainer.run(prep.params, batches, opt, lr, desc=tag)
-    rec = {
-      "optimizer": opt,
-      "lr": lr,
-      "seed": seed,
-      "steps": s.steps,
-      "wall_s": res.wall_s,
-      "state_bytes": res.state_bytes,
-      **evaluate(res.params),
-      "log": res.log,
-      "diagnostics": res.diagnostics,
-    }
-    path.write_text(json.dumps(rec))
-    records.append(rec)
-    log(f"{tag}: {brief(rec)} | {res.wall_s:.1f}s | state {res.state_bytes:,} B")
-  return records

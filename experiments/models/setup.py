@@ -1,16 +1,17 @@
-"""The model a TOFU job trains: the in-house decoder or an HF-format checkpoint, ready to train.
+"""The model phase: the in-house decoder or an HF-format checkpoint, with its tokenizer.
 
-:func:`prepare` turns :class:`ModelOptions` (the job's model flags) into a
-:class:`ModelSetup`: tokenizer and encoder, the split model (``graphdef``, the
-trained ``params`` and the ``frozen`` rest), where batches go on a mesh, and
-how to evaluate and export what the loops return.
+:func:`load` gives a :class:`ModelSetup`: tokenizer and encoder, the split model
+(``graphdef``, the trained ``params`` and the ``frozen`` rest), where batches go
+on a mesh, and how to evaluate and export what the loops return.
 
 - In-house (the default): a fresh :class:`~experiments.models.decoder.DecoderLM`
-  with the local BPE, float32, one device; exactly the job's original model.
-- A checkpoint (``--model`` or ``--finetuned``): loaded in ``--param-dtype`` onto
-  the ``--mesh``, with its own tokenizer and special ids and the chosen prompt
-  format; with ``--lora-rank`` only the adapters are trained (``params``) and the
-  checkpoint's weights are ``frozen``.
+  with the local BPE (:func:`cached_tokenizer`), float32, one device.
+- A :class:`Checkpoint`: loaded in its ``param_dtype`` onto its ``mesh``, with its
+  own tokenizer and special ids; with ``lora_rank`` only the adapters are trained
+  (``params``) and the checkpoint's weights are ``frozen``.
+
+Both read their prompt format through :func:`encoder`, the one place a prompt
+format becomes the encoder's.
 
 Example:
   >>> import jax.numpy as jnp
@@ -25,10 +26,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import pathlib
 import shutil
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -39,10 +41,11 @@ from jax.sharding import PartitionSpec as P
 from tokenizers import Tokenizer
 
 from experiments import hf
+from experiments.data import tokenizer as toklib
 from experiments.data.batching import Encoder
 from experiments.data.prompts import DEFAULT, prompt_format
-from experiments.data.tokenizer import checkpoint_ids
 from experiments.loops import optimizers
+from experiments.loops.checkpoint import set_aside
 from experiments.models import decoder, make_apply
 
 # Files beside the weights that make an exported folder usable on its own.
@@ -56,62 +59,25 @@ TOKENIZER_FILES = (
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelOptions:
-  """The job's model flags (defaults: the in-house model).
+class Checkpoint:
+  """An HF-format checkpoint folder and how to load it.
 
   Attributes:
-    model: ``--model``: an HF-format folder to fine-tune (then unlearn).
-    finetuned: ``--finetuned``: an HF-format folder already fine-tuned on the data.
-    oracle: ``--oracle``: its retain-only counterpart (with ``finetuned``).
-    prompt_format: ``--prompt-format``: a name of :data:`~experiments.data.prompts.FORMATS`
-      or a template.
-    param_dtype: ``--param-dtype``: ``float32`` or ``bfloat16`` (moments stay float32).
-    lora_rank: ``--lora-rank``: train rank-R adapters only (0: every parameter).
-    mesh: ``--mesh``: ``(data, model)`` device counts, or None for one device.
-    save_model: ``--save-model``: folder for the models in HF format (the unlearned ones, and
-      the fine-tuned and oracle models when trained here).
+    path: the folder (``config.json``, weights, ``tokenizer.json``).
+    param_dtype: ``float32`` or ``bfloat16`` (optimizer moments stay float32).
+    lora_rank: train rank-R adapters only (0: every parameter).
+    mesh: ``(data, model)`` device counts, or None for one device.
   """
 
-  model: str | None = None
-  finetuned: str | None = None
-  oracle: str | None = None
-  prompt_format: str = DEFAULT
+  path: pathlib.Path
   param_dtype: str = "float32"
   lora_rank: int = 0
   mesh: tuple[int, int] | None = None
-  save_model: str | None = None
-
-  @property
-  def checkpoint(self) -> pathlib.Path | None:
-    """The folder the model (and its tokenizer) comes from, or None for the in-house model."""
-    path = self.model or self.finetuned
-    return None if path is None else pathlib.Path(path)
-
-  def key_parts(self) -> list:
-    """What the model adds to the checkpoint-cache key ([] for the in-house defaults).
-
-    A checkpoint's identity is its resolved path plus the size and modification
-    time of every file in it, so replacing the weights invalidates the cache.
-    """
-    parts: list = []
-    if self.prompt_format != DEFAULT:
-      parts.append(["prompt", prompt_format(self.prompt_format).template])
-    if self.checkpoint is None:
-      return parts
-    folders = [p for p in (self.model, self.finetuned, self.oracle) if p is not None]
-    ids = [_identity(pathlib.Path(p)) for p in folders]
-    return [*parts, ["hf", ids, self.param_dtype, self.lora_rank]]
-
-
-def _identity(folder: pathlib.Path) -> str:
-  stats = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in folder.iterdir())
-  blob = repr((str(folder.resolve()), stats)).encode()
-  return hashlib.sha256(blob).hexdigest()[:16]
 
 
 @dataclasses.dataclass
 class ModelSetup:
-  """What the pipeline needs of its model.
+  """What the jobs need of their model.
 
   Attributes:
     tok: the tokenizer.
@@ -123,9 +89,7 @@ class ModelSetup:
     description: one line for the log.
     info: what ``results.json`` records about the model ({} for the in-house model).
     mesh: the device mesh, or None.
-    finetuned: ``(params, [])`` of ``--finetuned`` (fine-tuning skipped), else None.
-    oracle: ``(state, [])`` of ``--oracle`` (a full state), else None.
-    source: the checkpoint folder (tokenizer files for export), or None.
+    checkpoint: where the model came from (tokenizer files for export), or None.
   """
 
   tok: Tokenizer
@@ -137,11 +101,9 @@ class ModelSetup:
   description: str
   info: dict = dataclasses.field(default_factory=dict)
   mesh: jax.sharding.Mesh | None = None
-  finetuned: tuple | None = None
-  oracle: tuple | None = None
-  source: pathlib.Path | None = None
+  checkpoint: Checkpoint | None = None
 
-  @property
+  @functools.cached_property
   def apply(self) -> Callable:
     """``apply(params, ids, mask, frozen=None) -> logits`` (see ``models.make_apply``)."""
     return make_apply(self.graphdef)
@@ -175,9 +137,10 @@ class ModelSetup:
     """Writes the model with ``params`` as an HF-format folder (adapters merged), tokenizer too."""
     path = pathlib.Path(path)
     hf.save_model(nnx.merge(self.graphdef, self.full(params)), path)
+    source = None if self.checkpoint is None else self.checkpoint.path
     for name in TOKENIZER_FILES:
-      if self.source is not None and (self.source / name).is_file():
-        shutil.copyfile(self.source / name, path / name)
+      if source is not None and (source / name).is_file():
+        shutil.copyfile(source / name, path / name)
 
 
 class _Placed:
@@ -190,14 +153,44 @@ class _Placed:
     return self.place(self.batches.next(objective, *args))
 
 
-def in_house(tok: Tokenizer, size: str, max_len: int, options=ModelOptions()) -> ModelSetup:
+def cached_tokenizer(texts: Iterable[str], vocab_size: int, path: pathlib.Path) -> Tokenizer:
+  """The in-house BPE of ``vocab_size`` trained on ``texts``, cached at ``path``.
+
+  A damaged cache file is reported, set aside and trained again: training is
+  deterministic, so the retrained tokenizer matches the checkpoints' vocabulary.
+  """
+  if path.is_file():
+    try:
+      return toklib.load_tokenizer(path)
+    except Exception as e:  # tokenizers raises a plain Exception for unreadable JSON
+      moved = set_aside(path)
+      print(
+        f"[cache] {path} is damaged ({e}); moved it to {moved.name}; training it again",
+        file=sys.stderr,
+      )
+  tok = toklib.train_tokenizer(texts, vocab_size)
+  toklib.save_tokenizer(tok, path)
+  return tok
+
+
+def encoder(tok: Tokenizer, max_len: int, prompt: str, specials=toklib.IN_HOUSE) -> Encoder:
+  """The encoder of ``tok`` with the prompt format named (or written) ``prompt``.
+
+  Raises:
+    ValueError: ``prompt`` is neither a named format nor a well-formed template.
+  """
+  return Encoder(tok, max_len, specials, prompt_format(prompt))
+
+
+def in_house(tok: Tokenizer, size: str, max_len: int, prompt: str = DEFAULT) -> ModelSetup:
   """The in-house decoder of ``size`` (fresh weights, seed 0) with the local tokenizer."""
   cfg = decoder.config_for(size, tok.get_vocab_size(), max_len)
   graphdef, params = nnx.split(decoder.DecoderLM(cfg, nnx.Rngs(0)))
   n = sum(int(x.size) for x in jax.tree.leaves(params))
-  encoder = Encoder(tok, max_len, prompt=prompt_format(options.prompt_format))
   desc = f"{size}: {n:,} parameters, vocab {cfg.vocab_size}, max_len {max_len}"
-  return ModelSetup(tok, encoder, graphdef, params, None, cfg.vocab_size, desc)
+  return ModelSetup(
+    tok, encoder(tok, max_len, prompt), graphdef, params, None, cfg.vocab_size, desc
+  )
 
 
 def _split(model, lora: bool):
@@ -208,59 +201,54 @@ def _split(model, lora: bool):
   return graphdef, params, None
 
 
-def _load(path: pathlib.Path, options: ModelOptions, mesh) -> nnx.Module:
-  model = hf.load_model(path, dtype=jnp.dtype(options.param_dtype), mesh=mesh)
-  return hf.add_lora(model, options.lora_rank) if options.lora_rank else model
+def _load(path: pathlib.Path, ckpt: Checkpoint, mesh) -> nnx.Module:
+  model = hf.load_model(path, dtype=jnp.dtype(ckpt.param_dtype), mesh=mesh)
+  return hf.add_lora(model, ckpt.lora_rank) if ckpt.lora_rank else model
 
 
-def mesh_of(options: ModelOptions) -> jax.sharding.Mesh | None:
-  """The ``(data, model)`` mesh ``--mesh`` asks for, on the first ``data * model`` devices."""
-  if options.mesh is None:
+def mesh_of(shape: tuple[int, int] | None) -> jax.sharding.Mesh | None:
+  """The ``(data, model)`` mesh of ``shape`` on the first ``data * model`` devices (None: none)."""
+  if shape is None:
     return None
-  data, model = options.mesh
+  data, model = shape
   return hf.make_mesh(data, model, devices=jax.devices()[: data * model])
 
 
-def from_checkpoint(options: ModelOptions, max_len: int) -> ModelSetup:
-  """The checkpoint of ``options`` (``--model`` or ``--finetuned`` + ``--oracle``), ready to train.
+def from_checkpoint(ckpt: Checkpoint, max_len: int, prompt: str = DEFAULT) -> ModelSetup:
+  """The checkpoint ``ckpt``, ready to train.
 
   Raises:
-    ValueError: the tokenizer's vocabulary exceeds the model's, or ``--oracle``
-      has another architecture than ``--finetuned``.
+    ValueError: the tokenizer's vocabulary exceeds the model's.
   """
-  path, mesh = options.checkpoint, mesh_of(options)
-  model = _load(path, options, mesh)
+  path, mesh = ckpt.path, mesh_of(ckpt.mesh)
+  model = _load(path, ckpt, mesh)
   arch = model.arch
   tok = hf.load_tokenizer(path)
   if tok.get_vocab_size() > arch.vocab_size:
     raise ValueError(
       f"{path}: tokenizer.json has {tok.get_vocab_size()} tokens, the model {arch.vocab_size}"
     )
-  specials = checkpoint_ids(tok, arch.bos_token_id, arch.eos_token_id, arch.pad_token_id, path)
-  fmt = prompt_format(options.prompt_format)
-  encoder = Encoder(tok, max_len, specials, fmt)
-  graphdef, params, frozen = _split(model, options.lora_rank > 0)
-  setup = ModelSetup(tok, encoder, graphdef, params, frozen, arch.vocab_size, "", mesh=mesh)
-  setup.source = path
-  if options.finetuned is not None:
-    oracle = _load(pathlib.Path(options.oracle), options, mesh)
-    if oracle.arch != arch:
-      raise ValueError(f"--oracle {options.oracle} is not the same architecture as --finetuned")
-    setup.finetuned, setup.oracle = (params, []), (nnx.state(oracle), [])
+  specials = toklib.checkpoint_ids(
+    tok, arch.bos_token_id, arch.eos_token_id, arch.pad_token_id, path
+  )
+  enc = encoder(tok, max_len, prompt, specials)
+  graphdef, params, frozen = _split(model, ckpt.lora_rank > 0)
+  setup = ModelSetup(tok, enc, graphdef, params, frozen, arch.vocab_size, "", mesh=mesh)
+  setup.checkpoint = ckpt
   n, trained = setup.n_params, sum(int(x.size) for x in jax.tree.leaves(params))
-  lora = f", LoRA rank {options.lora_rank} ({trained:,} trained)" if options.lora_rank else ""
-  where = "" if mesh is None else f", mesh data:{options.mesh[0]},model:{options.mesh[1]}"
+  lora = f", LoRA rank {ckpt.lora_rank} ({trained:,} trained)" if ckpt.lora_rank else ""
+  where = "" if mesh is None else f", mesh data:{ckpt.mesh[0]},model:{ckpt.mesh[1]}"
+  fmt = enc.format
   setup.description = (
-    f"{arch.model_type} from {path}: {n:,} parameters ({options.param_dtype}{lora}{where}), "
+    f"{arch.model_type} from {path}: {n:,} parameters ({ckpt.param_dtype}{lora}{where}), "
     f"vocab {arch.vocab_size}, max_len {max_len}, prompt format {fmt.name}, "
     f"BOS {'added' if specials.add_bos else 'not added'}, EOS {list(specials.eos)}"
   )
   setup.info = {
     "source": str(path),
-    "oracle": options.oracle,
     "model_type": arch.model_type,
-    "param_dtype": options.param_dtype,
-    "lora_rank": options.lora_rank,
+    "param_dtype": ckpt.param_dtype,
+    "lora_rank": ckpt.lora_rank,
     "mesh": None if mesh is None else dict(mesh.shape),
     "prompt_format": fmt.template,
     "special_ids": dataclasses.asdict(specials),
@@ -268,6 +256,37 @@ def from_checkpoint(options: ModelOptions, max_len: int) -> ModelSetup:
     "n_trained": trained,
   }
   return setup
+
+
+def load(
+  checkpoint: Checkpoint | None,
+  prompt: str,
+  max_len: int,
+  size: str,
+  tokenizer: Callable[[], Tokenizer],
+) -> ModelSetup:
+  """The job's model: the ``checkpoint``'s when given, else the in-house decoder of ``size``.
+
+  ``tokenizer()`` gives the in-house tokenizer (e.g. :func:`cached_tokenizer`);
+  it is not called for a checkpoint, which brings its own.
+  """
+  if checkpoint is not None:
+    return from_checkpoint(checkpoint, max_len, prompt)
+  return in_house(tokenizer(), size, max_len, prompt)
+
+
+def load_like(m: ModelSetup, path: str | pathlib.Path):
+  """The whole state of another checkpoint of ``m``'s architecture, loaded as ``m`` was.
+
+  For ``--oracle``: same dtype, LoRA rank and mesh as the ``--finetuned`` model ``m``.
+
+  Raises:
+    ValueError: the checkpoint has another architecture.
+  """
+  other = _load(pathlib.Path(path), m.checkpoint, m.mesh)
+  if other.arch != nnx.merge(m.graphdef, m.full(m.params)).arch:
+    raise ValueError(f"--oracle {path} is not the same architecture as --finetuned")
+  return nnx.state(other)
 
 
 def state_bytes(setup: ModelSetup, optimizer_names, recipe: optimizers.Recipe) -> dict:
@@ -290,14 +309,3 @@ def state_bytes(setup: ModelSetup, optimizer_names, recipe: optimizers.Recipe) -
     }
     for name in optimizer_names
   }
-
-
-def prepare(options: ModelOptions, max_len: int, tokenizer: Callable, size: str) -> ModelSetup:
-  """The job's model: :func:`from_checkpoint` when ``options`` name one, else :func:`in_house`.
-
-  ``tokenizer()`` gives the in-house tokenizer (trained or read from the cache);
-  it is not called for a checkpoint, which brings its own.
-  """
-  if options.checkpoint is not None:
-    return from_checkpoint(options, max_len)
-  return in_house(tokenizer(), size, max_len, options)
