@@ -20,7 +20,7 @@ from docutils.parsers.rst import Directive
 
 
 def describe_default(action: argparse.Action) -> str:
-  if isinstance(action, argparse._StoreTrueAction):  # noqa: SLF001 - argparse's own class
+  if isinstance(action, argparse._StoreTrueAction):
     return "off"
   default = action.default
   if default is None or default == argparse.SUPPRESS:
@@ -35,14 +35,12 @@ def rows(spec: str) -> list[tuple[str, str, str]]:
   module, _, func = spec.partition(":")
   parser = getattr(importlib.import_module(module), func or "parser")()
   out = []
-  for action in parser._actions:  # noqa: SLF001 - the public API has no iterator
-    if isinstance(action, argparse._HelpAction) or not action.option_strings:  # noqa: SLF001
+  for action in parser._actions:  # argparse has no public iterator
+    if isinstance(action, argparse._HelpAction) or not action.option_strings:
       continue
     flag = ", ".join(action.option_strings)
     if action.choices is not None:
       flag += " {" + ",".join(str(c) for c in action.choices) + "}"
-    elif action.nargs != 0:
-      flag += " " + (action.metavar or action.dest.upper())
     help_text = (action.help or "").replace("%%", "%")
     out.append((flag, describe_default(action), help_text))
   return out
