@@ -14,7 +14,7 @@ Objective modes:
 * ``traced``: no ``objective=``: the built-in alternation picks it in-graph
   from the state's step count (one program for both objectives).
 
-Run (the README's table comes from the first command)::
+Run (docs/guides/performance.md's table comes from the first command)::
 
   python -m benchmarks.step_time --sizes 64M --repeats 7 --out results/step_time_64m.json
   python -m benchmarks.step_time --sizes 16M,64M --out results/step_time.json

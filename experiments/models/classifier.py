@@ -1,6 +1,6 @@
 """Owner classifiers: features of a (name-masked) answer text, a linear head, a temperature.
 
-Two feature maps, measured against each other (README, "De-attribution"):
+Two feature maps, measured against each other (docs/experiments/deattribution.md):
 
 - ``probe``: the fine-tuned LM's trunk, frozen, max-pooled over the answer tokens. The
   decoder exposes logits, not hidden states; with tied embeddings the logits are
