@@ -38,7 +38,8 @@ def unlearn(optimizer: str, mesh):
   batches = m.placed(UnlearnBatches(corpus, m.encoder, losses.roles_for("NPO", "GD"), 8, 0))
   unlearner = Unlearner(m.apply, optimizers.Recipe(), len(OBJECTIVES), 1)
   tx, step = unlearner._step_fn(optimizer, "NPO", "GD", m.params)
-  params, state, trace = m.params, tx.init(m.params), []
+  # The step donates params and state (as Unlearner.run does, copy what the caller keeps).
+  params, state, trace = jax.tree.map(jnp.copy, m.params), tx.init(m.params), []
   for objective in OBJECTIVES:
     batch = batches.next(objective)
     lr = jnp.float32(LR)

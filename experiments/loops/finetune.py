@@ -13,6 +13,7 @@ adapters only: its base weights ride along as the step's ``frozen`` argument.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import pathlib
 import time
@@ -70,7 +71,8 @@ def make_finetune_step(apply, params, weight_decay: float):
   )
   tx = optimizers.for_params(tx, params)
 
-  @jax.jit
+  # Params and state are donated: updated in place, no second copy of either per step.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
   def step(params, opt_state, batch, lr, frozen):
     run = with_frozen(apply, frozen)
     loss, grads = jax.value_and_grad(lambda p: losses.ce_mean(run, p, batch))(params)
@@ -123,6 +125,7 @@ def fine_tune(
     0.0, cfg.lr, max(total // 20, 1), total, end_value=cfg.lr * 0.1
   )
   tx, step = step_fn or make_finetune_step(apply, params, cfg.weight_decay)
+  params = jax.tree.map(jnp.copy, params)  # the step donates; the caller keeps its params
   opt_state = tx.init(params)
   ckpt = Checkpoints(ckpt_dir)
   start = 0

@@ -26,6 +26,7 @@ optimizer) and, for the DualOptim+ family, delta cosines and base shares
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -203,7 +204,8 @@ class MultiObjectiveTrainer:
       loss = jax.lax.switch(objective, branches, p, batches)
       return loss, jnp.zeros((k,), jnp.float32).at[objective].set(loss)
 
-    @jax.jit
+    # Params and state are donated: updated in place, no second copy of either per step.
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, batches, objective, peak_lr):
       (loss, per), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batches, objective)
       with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
@@ -227,6 +229,7 @@ class MultiObjectiveTrainer:
   def run(self, params, batches: ObjectiveBatches, name: str, peak_lr: float, *, desc: str):
     """Trains from ``params`` for ``self.steps`` steps; returns a :class:`TrainResult`."""
     tx, step = self._step_fn(name, params)
+    params = jax.tree.map(jnp.copy, params)  # the step donates; the caller keeps its params
     opt_state = tx.init(params)
     lr = jnp.asarray(peak_lr, jnp.float32)
     # 64 sequences per objective: a single batch's gradient is mostly sampling noise

@@ -76,17 +76,47 @@ def lr_shape(warmup_steps: int, total_steps: int):
   return schedule
 
 
+def _is_stacked(path) -> bool:
+  """A leaf of an HF model's scanned blocks (leading ``layers`` axis)."""
+  return bool(path) and getattr(path[0], "key", None) == "blocks"
+
+
 def decay_mask(params) -> Any:
   """True for leaves with weight decay: everything but norms and biases.
 
-  Norm scales are 1-D; biases are 1-D or, in head-shaped projections, named
-  ``bias``. LoRA adapters (2-D) are decayed, as HF's trainer decays them.
+  Norm scales are 1-D per layer; biases are 1-D or, in head-shaped projections,
+  named ``bias``. LoRA adapters (2-D) are decayed, as HF's trainer decays them.
+  An HF model's stacked blocks (``blocks.*``) count dimensions per layer.
   """
 
   def decayed(path, p):
-    return p.ndim > 1 and not any(getattr(k, "key", None) == "bias" for k in path)
+    per_layer = p.ndim - 1 if _is_stacked(path) else p.ndim
+    return per_layer > 1 and not any(getattr(k, "key", None) == "bias" for k in path)
 
   return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def muon_dimensions(params) -> Any:
+  """Muon's ``MuonDimensionNumbers`` for an HF model's stacked projection kernels, else None.
+
+  A kernel ``(layers, *in_shape, *out_shape)`` is orthogonalised per layer over its flat input
+  and output (the layers axis is a batch axis; ``o_proj``'s input is ``(heads, head_dim)``);
+  the in-house model's 2-D kernels get the library's default (None: 2-D leaves only).
+  """
+  from optax.contrib import MuonDimensionNumbers
+
+  def dims(path, p):
+    names = [k.key for k in path if hasattr(k, "key")]  # an nnx.State path ends in .value
+    if not _is_stacked(path) or names[-1] != "kernel":
+      return None
+    n_in = 2 if any(getattr(k, "key", None) == "o_proj" for k in path) else 1
+    return MuonDimensionNumbers(
+      reduction_axis=tuple(range(1, 1 + n_in)), output_axis=tuple(range(1 + n_in, p.ndim))
+    )
+
+  if not any(_is_stacked(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]):
+    return None
+  return jax.tree_util.tree_map_with_path(dims, params)
 
 
 def param_shardings(params) -> Any:
@@ -216,6 +246,8 @@ def build(name: str, schedule, recipe: Recipe, params) -> optax.GradientTransfor
   options = {}
   if "block_size" in inspect.signature(factory).parameters:
     options["block_size"] = int8_block_size(params, param_shardings(params))
+  if "muon_weight_dimension_numbers" in inspect.signature(factory).parameters:
+    options["muon_weight_dimension_numbers"] = muon_dimensions(params)
   tx = factory(
     schedule,
     forget_learning_rate=schedule,

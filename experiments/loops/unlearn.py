@@ -9,6 +9,7 @@ arguments. Data flows batch -> loss(objective) -> grads ->
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -110,7 +111,8 @@ class Unlearner:
         lambda: r_loss(apply, p, ref, batches),
       )
 
-    @jax.jit
+    # Params and state are donated: updated in place, no second copy of either per step.
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, opt_state, ref, batches, objective, peak_lr, frozen):
       loss, grads = jax.value_and_grad(loss_fn)(params, ref, batches, objective, frozen)
       with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
@@ -141,6 +143,7 @@ class Unlearner:
     model's base weights), or None.
     """
     tx, step = self._step_fn(opt_name, forget, retain, params)
+    params = jax.tree.map(jnp.copy, params)  # the step donates; the caller keeps its params
     opt_state = tx.init(params)
     period = self.recipe.forget_steps + self.recipe.retain_steps
     lr = jnp.asarray(peak_lr, jnp.float32)
