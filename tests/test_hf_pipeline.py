@@ -101,6 +101,21 @@ def test_generation_stops_at_any_eos_id():
   assert (cut[0, : first + 1] == free[0, : first + 1]).all() and (cut[0, first + 1 :] == 0).all()
 
 
+def test_generation_that_stops_early_equals_the_full_length_loop():
+  # The token loop exits once every row has met a stop token; the output must be what running
+  # all max_new_tokens steps gives (tokens up to each row's stop, then padding).
+  model = DecoderLM(config_for("tiny", 12, 32), nnx.Rngs(3))
+  graphdef, params = nnx.split(model)
+  ids = jnp.asarray(np.random.default_rng(0).integers(1, 12, (6, 5)), jnp.int32)
+  mask = jnp.ones_like(ids)
+  free = np.asarray(make_generate(graphdef, 9)(params, ids, mask))
+  for stops in [tuple(range(12)), tuple(int(t) for t in set(free[:, 1]) | set(free[:, 0]))]:
+    cut = np.asarray(make_generate(graphdef, 9, eos_id=stops, pad_id=0)(params, ids, mask))
+    for row, out in zip(free, cut, strict=True):
+      first = int(np.argmax(np.isin(row, stops)))
+      assert (out[: first + 1] == row[: first + 1]).all() and (out[first + 1 :] == 0).all()
+
+
 BAD_FLAGS = [
   (["--finetuned", "L"], "--finetuned and --oracle go together"),
   (["--model", "L", "--finetuned", "L", "--oracle", "L"], "not both"),

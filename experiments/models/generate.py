@@ -81,17 +81,30 @@ def make_generate(
     tok = pick(logits[:, -1], 0)
     pos = positions[:, -1] + 1
 
-    def body(i, carry):
-      tok, pos, caches, out, done = carry
+    def body(carry):
+      i, tok, pos, caches, out, done = carry
       out = out.at[:, i].set(jnp.where(done, jnp.int32(pad_id), tok))
       for stop in stops:
         done = done | (tok == stop)
       logits, caches = model.decode(tok[:, None], pos[:, None], key_mask, caches, p + i, **extra)
-      return pick(logits[:, -1], i + 1), pos + 1, caches, out, done
+      return i + 1, pick(logits[:, -1], i + 1), pos + 1, caches, out, done
 
-    out = jnp.zeros((b, max_new_tokens), jnp.int32)
+    def running(carry):
+      # Stop early once every row has met a stop token: the rest would be padding anyway.
+      i, tok, done = carry[0], carry[1], carry[5]
+      finished = done
+      for stop in stops:
+        finished = finished | (tok == stop)
+      return (i < max_new_tokens) & ~jnp.all(finished)
+
+    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros((b,), jnp.bool_)
-    return jax.lax.fori_loop(0, max_new_tokens, body, (tok, pos, caches, out, done))[3]
+    carry = (jnp.zeros((), jnp.int32), tok, pos, caches, out, done)
+    i, tok, _, _, out, done = jax.lax.while_loop(running, body, carry)
+    # A row that ended exactly at the loop's exit has its stop token still to write.
+    last = jnp.minimum(i, max_new_tokens - 1)
+    fill = (i < max_new_tokens) & ~done
+    return out.at[:, last].set(jnp.where(fill, tok, out[:, last]))
 
   if sample:
     return jax.jit(run)
