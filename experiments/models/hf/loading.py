@@ -98,7 +98,9 @@ def open_checkpoint(
   return arch, raw, source
 
 
-def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> CausalLM:
+def load_model(
+  path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None, remat: str = "dots"
+) -> CausalLM:
   """Loads an HF-format checkpoint folder of a supported ``model_type`` as a ``CausalLM``.
 
   Args:
@@ -109,6 +111,8 @@ def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> Cau
     mesh: optional ``jax.sharding.Mesh`` with axes ``data`` and/or ``model`` (Auto axis
       types, see :func:`~.sharding.make_mesh`); parameters are placed by
       :data:`~.sharding.RULES`. None: everything on the default device.
+    remat: what the backward pass keeps of each block (see
+      :data:`~.model.REMAT_POLICIES`; ``model.remat`` can be changed later).
 
   Returns:
     The model; ``model(ids, mask)`` gives float32 logits (B, T, V).
@@ -130,7 +134,9 @@ def load_model(path: str | pathlib.Path, *, dtype=jnp.float32, mesh=None) -> Cau
   sharding.check_mesh(mesh)
   # Tree mode: graph-mode eval_shape would read the logical out_sharding names as axes of an
   # enclosing jax.set_mesh mesh; placement by the rules happens below instead.
-  abstract = nnx.eval_shape(lambda: CausalLM(arch, dtype=dtype, rngs=nnx.Rngs(0)), graph=False)
+  abstract = nnx.eval_shape(
+    lambda: CausalLM(arch, dtype=dtype, remat=remat, rngs=nnx.Rngs(0)), graph=False
+  )
   entries = key_table(abstract)
   graphdef, state = nnx.split(abstract)
   variables = dict(nnx.to_flat_state(state))
