@@ -193,9 +193,9 @@ def test_weight_decay_skips_biases_and_norms():
     tuple(str(getattr(k, "key", "")) for k in path[:-1]): v
     for path, v in jax.tree_util.tree_flatten_with_path(optimizers.decay_mask(params))[0]
   }
-  q = ("layers", "0", "attn", "q_proj")
+  q = ("blocks", "attn", "q_proj")  # stacked: (layers, ...) arrays, norms (layers, hidden)
   assert flags[(*q, "kernel")] and not flags[(*q, "bias")]
-  assert not flags[("layers", "0", "attn_norm", "scale")] and flags[("embed", "embedding")]
+  assert not flags[("blocks", "attn_norm", "scale")] and flags[("embed", "embedding")]
 
 
 def test_checkpoint_cache_restores_onto_the_mesh(tmp_path):

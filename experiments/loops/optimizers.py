@@ -79,12 +79,13 @@ def lr_shape(warmup_steps: int, total_steps: int):
 def decay_mask(params) -> Any:
   """True for leaves with weight decay: everything but norms and biases.
 
-  Norm scales are 1-D; biases are 1-D or, in head-shaped projections, named
-  ``bias``. LoRA adapters (2-D) are decayed, as HF's trainer decays them.
+  Norms and biases are 1-D, or named ``scale`` / ``bias`` where they have more axes
+  (head-shaped projections; an HF model's blocks stacked on a leading layers axis).
+  LoRA adapters (2-D) are decayed, as HF's trainer decays them.
   """
 
   def decayed(path, p):
-    return p.ndim > 1 and not any(getattr(k, "key", None) == "bias" for k in path)
+    return p.ndim > 1 and not any(getattr(k, "key", None) in ("bias", "scale") for k in path)
 
   return jax.tree_util.tree_map_with_path(decayed, params)
 
