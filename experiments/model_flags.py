@@ -250,6 +250,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
   )
 
 
+def parser() -> cli.Parser:
+  """The model flags alone, as the TOFU job takes them (for the docs' flag tables)."""
+  p = cli.Parser(prog="python -m experiments.tofu", description="The model flags.")
+  add_arguments(p)
+  return p
+
+
 def check_folder(flag: str, value: str) -> None:
   """Raises a one-line ValueError unless ``value`` is a readable HF-format checkpoint folder."""
   folder = pathlib.Path(value)
