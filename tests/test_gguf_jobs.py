@@ -155,3 +155,10 @@ def test_gguf_export_reads_back_with_the_same_logits_and_tokenizer(tiny, tmp_pat
   assert generation["eos_token_id"] == 2
   # The export is a checkpoint the jobs take (e.g. as --finetuned), with the chat default.
   assert tofu_settings("--model", str(tmp_path / "run")).model.prompt_format == "chat"
+
+
+def test_a_template_without_a_turn_pair_falls_back_to_tofu(tmp_path, capsys):
+  roles_only = "{% for m in messages %}[{{ m['role'] }}]{% endfor %}"
+  path = write_tiny(tmp_path / "odd.gguf", hf_tensors(), template=roles_only)
+  assert tofu_settings("--model", str(path)).model.prompt_format == "tofu"
+  assert "[warning] the checkpoint's chat template does not render" in capsys.readouterr().err
