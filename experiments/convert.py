@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import pathlib
 import shutil
 import sys
@@ -28,7 +27,11 @@ from experiments.cli import Parser
 from experiments.models.hf.config import CheckpointError
 from experiments.models.hf.gguf_write import DTYPES, save_gguf, tokenizer_bundle
 from experiments.models.hf.loading import load_model, save_model
-from experiments.models.hf.tokenizer_files import SpecialTokens, write_tokenizer_files
+from experiments.models.hf.tokenizer_files import (
+  SpecialTokens,
+  write_generation_config,
+  write_tokenizer_files,
+)
 
 HF_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
 
@@ -36,10 +39,7 @@ HF_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
 def _write_hf(model, tok, special: SpecialTokens, template: str | None, folder: pathlib.Path):
   save_model(model, folder)
   write_tokenizer_files(folder, tok, special, template)
-  ids = {"bos_token_id": special.bos_id, "eos_token_id": special.eos_id}
-  ids["pad_token_id"] = special.pad_id
-  generation = {k: v for k, v in ids.items() if v is not None}
-  (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+  write_generation_config(folder, special)
 
 
 def convert(

@@ -152,6 +152,24 @@ def fetch(name: str, *, cache: str | pathlib.Path | None = None) -> pathlib.Path
   return target
 
 
+def known_sha256(path: str | os.PathLike) -> str | None:
+  """The sha256 of ``path`` if it is a file :func:`fetch` extracted into the cache, else None.
+
+  Such a file was hashed when it was extracted (and is trusted by its size since, as
+  :func:`fetch` does), so a cache key can name its content without reading 100 MB again.
+
+  Example:
+    >>> known_sha256("../shared/data/hf_tiny/llama") is None
+    True
+  """
+  path = pathlib.Path(path)
+  for name, known in MODELS.items():
+    target = cache_dir() / "models" / name / known.filename
+    if path.is_file() and target.is_file() and path.samefile(target):
+      return known.sha256 if path.stat().st_size == known.size else None
+  return None
+
+
 def resolve_model(name_or_path: str | os.PathLike) -> pathlib.Path:
   """A job's ``--model``: a known name (fetched if needed) or a path (returned as it is).
 

@@ -113,8 +113,8 @@ def common_parser(
   )
   p.add_argument(
     "--model",
-    help="HF-format checkpoint folder (llama, qwen2, qwen3, phi, gemma) to train instead of the "
-    "in-house model; it is the base model (no copy pretraining unless --base-epochs)",
+    help=f"checkpoint to train instead of the in-house model: {model_flags.CHECKPOINT_HELP}; "
+    "it is the base model (no copy pretraining unless --base-epochs)",
   )
   model_flags.add_prompt_format(p)
   p.add_argument("--model-size", choices=list(MODEL_SIZES), default=None, help="(default small)")
@@ -158,7 +158,7 @@ def job_settings(args, *, k: int, vocab: int, max_len: int, base_epochs: int) ->
     batch_size=args.batch_size,
     model_size=args.model_size or "small",
     vocab_size=args.vocab_size or vocab,
-    max_len=max_len,
+    max_len=model_flags.default_max_len(max_len, model.prompt_format),
     run_lengths=tuple(args.run_lengths),
     base=FineTuneConfig(
       epochs=args.base_epochs or base_epochs, batch_size=16, lr=args.base_lr, save_every=1

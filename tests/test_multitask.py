@@ -98,6 +98,26 @@ def test_cosine_matrix():
   np.testing.assert_allclose(diag.cosine_matrix([a, b, a]), [[1, 0, 1], [0, 1, 0], [1, 0, 1]])
 
 
+def test_a_sliced_probe_gives_the_whole_batch_gradient(monkeypatch):
+  from flax import nnx
+
+  from experiments.data.batching import Batch
+  from experiments.loops import losses
+  from experiments.models import make_apply
+  from experiments.models.decoder import DecoderLM, config_for
+
+  graphdef, params = nnx.split(DecoderLM(config_for("tiny", 50, 16), nnx.Rngs(0)))
+  apply, rng = make_apply(graphdef), np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(3, 50, (8, 16)), jnp.int32)
+  targets = jnp.asarray(rng.random((8, 16)) < 0.5, jnp.float32).at[:2].set(0.0)  # 2 rows empty
+  batch = Batch(ids, jnp.ones_like(ids), targets)
+  whole = jax.grad(losses.ce_mean, argnums=1)(apply, params, batch)
+  monkeypatch.setattr(mo, "PROBE_LOGITS", 2 * 16 * 50)  # slices of 2 sequences
+  sliced = jax.jit(mo.probe_gradient, static_argnums=0)(apply, params, batch)
+  for a, b in zip(jax.tree.leaves(sliced), jax.tree.leaves(whole), strict=True):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
 def test_two_step_run(tmp_path, capsys):
   argv = ["--model-size", "tiny", "--n-authors", "6", "--eval-size", "4", "--copy-size", "40",
           "--base-epochs", "1", "--steps", "2", "--diag-every", "1",

@@ -17,7 +17,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from experiments.data import tokenizer as toklib
-from experiments.data.prompts import PromptFormat, prompt_format
+from experiments.data.prompts import CHAT, PromptFormat, prompt_format
 
 
 class Batch(NamedTuple):
@@ -74,9 +74,18 @@ class Encoder:
     return self._cache[text]
 
   def prompt(self, question: str) -> list[int]:
-    """``[BOS]`` (where the tokenizer writes one) + prompt tokens (at most ``max_len // 2``)."""
+    """``[BOS]`` (where the tokenizer writes one) + prompt tokens (at most ``max_len // 2``).
+
+    A longer prompt loses its end; a ``chat`` prompt loses the end of its question instead,
+    so that it still ends with the assistant header the model answers after.
+    """
     text = self._ids(self.format.prompt(question))
-    return self._bos + text[: self.max_len // 2 - len(self._bos)]
+    budget = self.max_len // 2 - len(self._bos)
+    if len(text) > budget and self.format.name == CHAT:
+      # The other formats keep their cut, so that results recorded with them reproduce.
+      tail = self._ids(self.format.after_question())
+      text = text[: max(budget - len(tail), 0)] + tail
+    return self._bos + text[:budget]
 
   def pair(self, question: str, answer: str) -> tuple[list[int], int]:
     """Token ids of the full sequence and the number of prompt tokens."""

@@ -67,6 +67,15 @@ class PromptFormat:
     """The prompt text for ``question``."""
     return self._head(question).rstrip(" ")
 
+  def after_question(self) -> str:
+    """The prompt's text after the question (e.g. a chat template's assistant header).
+
+    Example:
+      >>> prompt_format("chatml").after_question()
+      '<|im_end|>\\n<|im_start|>assistant\\n'
+    """
+    return self.prompt("{question}").split("{question}", 1)[1]
+
   def answer(self, answer: str) -> str:
     """The answer text that follows the prompt (its leading spaces included)."""
     head = self._head("")

@@ -91,7 +91,7 @@ def decay_mask(params) -> Any:
 
   def decayed(path, p):
     per_layer = p.ndim - 1 if _is_stacked(path) else p.ndim
-    return per_layer > 1 and not any(getattr(k, "key", None) == "bias" for k in path)
+    return per_layer > 1 and not any(getattr(k, "key", None) in ("bias", "scale") for k in path)
 
   return jax.tree_util.tree_map_with_path(decayed, params)
 

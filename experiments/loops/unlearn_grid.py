@@ -94,8 +94,9 @@ class UnlearningRun:
     batch_size: sequences per step.
     evaluate: a whole model state -> its evaluation.
     rollouts: de-attribution's batch maker (needed by ``DeAttr`` losses), or None.
-    export_to: a folder for each unlearned model in HF format (``{name}``), or None.
+    export_to: a folder for each unlearned model (``{name}``), or None.
     log: where the one-line summary of a run goes.
+    export_format: ``hf`` or ``gguf`` (see :meth:`~experiments.models.setup.ModelSetup.export`).
   """
 
   def __init__(
@@ -109,10 +110,11 @@ class UnlearningRun:
     rollouts: rollout.Rollouts | None = None,
     export_to: pathlib.Path | None = None,
     log: Callable[[str], None] = print,
+    export_format: str = "hf",
   ):
     self.m, self.start, self.corpus, self.unlearner = m, start, corpus, unlearner
     self.batch_size, self.evaluate, self.rollouts = batch_size, evaluate, rollouts
-    self.export_to, self.log = export_to, log
+    self.export_to, self.log, self.export_format = export_to, log, export_format
 
   def batches(self, forget: str, retain: str, seed: int):
     """The batch source of a run of ``forget+retain`` with ``seed``."""
@@ -138,7 +140,7 @@ class UnlearningRun:
     )
     ev = self.evaluate(self.m.full(res.params))
     if self.export_to is not None:
-      self.m.export(res.params, self.export_to / name)
+      self.m.export(res.params, self.export_to / name, self.export_format)
     rec = {
       "loss": cell.loss,
       "optimizer": cell.optimizer,

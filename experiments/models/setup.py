@@ -1,4 +1,4 @@
-"""The model phase: the in-house decoder or an HF-format checkpoint, with its tokenizer.
+"""The model phase: the in-house decoder or a checkpoint (HF folder or GGUF), with its tokenizer.
 
 :func:`load` gives a :class:`ModelSetup`: tokenizer and encoder, the split model
 (``graphdef``, the trained ``params`` and the ``frozen`` rest), where batches go
@@ -7,11 +7,12 @@ on a mesh, and how to evaluate and export what the loops return.
 - In-house (the default): a fresh :class:`~experiments.models.decoder.DecoderLM`
   with the local BPE (:func:`cached_tokenizer`), float32, one device.
 - A :class:`Checkpoint`: loaded in its ``param_dtype`` onto its ``mesh``, with its
-  own tokenizer and special ids; with ``lora_rank`` only the adapters are trained
-  (``params``) and the checkpoint's weights are ``frozen``.
+  own tokenizer, special ids and chat template; with ``lora_rank`` only the adapters
+  are trained (``params``) and the checkpoint's weights are ``frozen``.
 
 Both read their prompt format through :func:`encoder`, the one place a prompt
-format becomes the encoder's.
+format becomes the encoder's; :meth:`ModelSetup.export` is the one place models
+are written (an HF folder, or a GGUF file).
 
 Example:
   >>> import jax.numpy as jnp
@@ -43,10 +44,13 @@ from tokenizers import Tokenizer
 from experiments import hf
 from experiments.data import tokenizer as toklib
 from experiments.data.batching import Encoder
-from experiments.data.prompts import DEFAULT, prompt_format
+from experiments.data.prompts import CHAT, DEFAULT, prompt_format
 from experiments.loops import optimizers
 from experiments.loops.checkpoint import set_aside
 from experiments.models import decoder, make_apply
+from experiments.models.hf.gguf_io import find_gguf
+from experiments.models.hf.gguf_write import tokenizer_bundle
+from experiments.models.hf.tokenizer_files import write_generation_config, write_tokenizer_files
 
 # Files beside the weights that make an exported folder usable on its own.
 TOKENIZER_FILES = (
@@ -55,15 +59,17 @@ TOKENIZER_FILES = (
   "special_tokens_map.json",
   "generation_config.json",
   "tokenizer.model",
+  "chat_template.jinja",
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class Checkpoint:
-  """An HF-format checkpoint folder and how to load it.
+  """A checkpoint and how to load it.
 
   Attributes:
-    path: the folder (``config.json``, weights, ``tokenizer.json``).
+    path: an HF-format folder (``config.json``, weights, ``tokenizer.json``), or a GGUF file
+      (or a folder holding one).
     param_dtype: ``float32`` or ``bfloat16`` (optimizer moments stay float32).
     lora_rank: train rank-R adapters only (0: every parameter).
     mesh: ``(data, model)`` device counts, or None for one device.
@@ -133,11 +139,27 @@ class ModelSetup:
     """An unlearning batch source whose batches :meth:`place_batch` places."""
     return batches if self.mesh is None else _Placed(batches, self.place_batch)
 
-  def export(self, params, path: str | pathlib.Path) -> None:
-    """Writes the model with ``params`` as an HF-format folder (adapters merged), tokenizer too."""
+  def export(self, params, path: str | pathlib.Path, fmt: str = "hf") -> None:
+    """Writes the model with ``params`` (adapters merged) to the folder ``path``.
+
+    ``hf``: an HF-format folder with the checkpoint's tokenizer files (written from a GGUF
+    source's metadata). ``gguf``: ``path/{path.name}.gguf`` with the checkpoint's tokenizer,
+    special ids and chat template (llama, qwen2, qwen3: :func:`experiments.hf.save_gguf`); the
+    folder loads as a checkpoint either way.
+    """
     path = pathlib.Path(path)
-    hf.save_model(nnx.merge(self.graphdef, self.full(params)), path)
+    model = nnx.merge(self.graphdef, self.full(params))
     source = None if self.checkpoint is None else self.checkpoint.path
+    if fmt == "gguf":
+      path.mkdir(parents=True, exist_ok=True)
+      hf.save_gguf(model, path / f"{path.name}.gguf", source=source)
+      return
+    hf.save_model(model, path)
+    if source is not None and find_gguf(source) is not None:
+      tok, special, template, _ = tokenizer_bundle(source)
+      write_tokenizer_files(path, tok, special, template)
+      write_generation_config(path, special)
+      return
     for name in TOKENIZER_FILES:
       if source is not None and (source / name).is_file():
         shutil.copyfile(source / name, path / name)
@@ -173,13 +195,22 @@ def cached_tokenizer(texts: Iterable[str], vocab_size: int, path: pathlib.Path) 
   return tok
 
 
-def encoder(tok: Tokenizer, max_len: int, prompt: str, specials=toklib.IN_HOUSE) -> Encoder:
+def encoder(
+  tok: Tokenizer,
+  max_len: int,
+  prompt: str,
+  specials=toklib.IN_HOUSE,
+  chat_template: str | None = None,
+) -> Encoder:
   """The encoder of ``tok`` with the prompt format named (or written) ``prompt``.
 
+  ``chat_template`` is the checkpoint's, which the ``chat`` format renders.
+
   Raises:
-    ValueError: ``prompt`` is neither a named format nor a well-formed template.
+    ValueError: ``prompt`` is neither a named format nor a well-formed template, or ``chat``
+      without a usable ``chat_template``.
   """
-  return Encoder(tok, max_len, specials, prompt_format(prompt))
+  return Encoder(tok, max_len, specials, prompt_format(prompt, chat_template))
 
 
 def in_house(tok: Tokenizer, size: str, max_len: int, prompt: str = DEFAULT) -> ModelSetup:
@@ -231,7 +262,7 @@ def from_checkpoint(ckpt: Checkpoint, max_len: int, prompt: str = DEFAULT) -> Mo
   specials = toklib.checkpoint_ids(
     tok, arch.bos_token_id, arch.eos_token_id, arch.pad_token_id, path
   )
-  enc = encoder(tok, max_len, prompt, specials)
+  enc = encoder(tok, max_len, prompt, specials, hf.chat_template(path))
   graphdef, params, frozen = _split(model, ckpt.lora_rank > 0)
   setup = ModelSetup(tok, enc, graphdef, params, frozen, arch.vocab_size, "", mesh=mesh)
   setup.checkpoint = ckpt
@@ -239,9 +270,10 @@ def from_checkpoint(ckpt: Checkpoint, max_len: int, prompt: str = DEFAULT) -> Mo
   lora = f", LoRA rank {ckpt.lora_rank} ({trained:,} trained)" if ckpt.lora_rank else ""
   where = "" if mesh is None else f", mesh data:{ckpt.mesh[0]},model:{ckpt.mesh[1]}"
   fmt = enc.format
+  own = " (the checkpoint's chat template)" if fmt.name == CHAT else ""
   setup.description = (
     f"{arch.model_type} from {path}: {n:,} parameters ({ckpt.param_dtype}{lora}{where}), "
-    f"vocab {arch.vocab_size}, max_len {max_len}, prompt format {fmt.name}, "
+    f"vocab {arch.vocab_size}, max_len {max_len}, prompt format {fmt.name}{own}, "
     f"BOS {'added' if specials.add_bos else 'not added'}, EOS {list(specials.eos)}"
   )
   setup.info = {

@@ -265,6 +265,26 @@ def tokenizer_bundle(
   return tok, special, read_chat_template(src), {}
 
 
+def check_exportable(src: str | pathlib.Path) -> None:
+  """Raises ``CheckpointError`` where :func:`save_gguf` of a model loaded from ``src`` (with
+  ``source=src``) cannot apply: a family GGUF export lacks (phi, gemma), partial rotary, a RoPE
+  scaling GGUF cannot express, a tokenizer that is not byte-level BPE. Reads no tensor.
+
+  Example:
+    >>> check_exportable("../shared/data/hf_tiny/phi")  # doctest: +SKIP
+    Traceback (most recent call last):
+    ...
+    CheckpointError: GGUF export supports llama, qwen2, qwen3; this model is 'phi'
+  """
+  from experiments.models.hf.loading import open_checkpoint
+
+  arch, raw, source = open_checkpoint(src)
+  with source:  # opened for its config only
+    model_metadata(raw)
+  tok, special, template, _ = tokenizer_bundle(src)
+  tokenizer_metadata(tok, special, arch.vocab_size, template)
+
+
 def save_gguf(
   model,
   path: str | pathlib.Path,

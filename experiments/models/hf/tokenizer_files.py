@@ -159,3 +159,21 @@ def write_tokenizer_files(
   if chat_template is not None:
     config["chat_template"] = chat_template
   (folder / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_generation_config(folder: str | pathlib.Path, special: SpecialTokens) -> None:
+  """Writes ``generation_config.json`` with the BOS, EOS and pad ids (where there are ones).
+
+  Example:
+    >>> import tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> write_generation_config(d, SpecialTokens(bos_id=1, eos_id=2))
+    >>> json.loads((d / "generation_config.json").read_text())
+    {'bos_token_id': 1, 'eos_token_id': 2}
+  """
+  ids = {"bos_token_id": special.bos_id, "eos_token_id": special.eos_id}
+  ids["pad_token_id"] = special.pad_id
+  generation = {k: v for k, v in ids.items() if v is not None}
+  (pathlib.Path(folder) / "generation_config.json").write_text(
+    json.dumps(generation, indent=2) + "\n"
+  )
