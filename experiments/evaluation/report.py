@@ -193,7 +193,7 @@ def audits_at_best_fq(rows: list[dict], mu_before: float, frac: float = 0.9) -> 
     >>> row = {"loss": "L", "optimizer": "o", "lr": 1e-3, "seeds": [0],
     ...   **{k: (0.5, 0.0) for k in ("forget_quality", "model_utility", *AUDIT_KEYS)}}
     >>> audits_at_best_fq([row], 0.5).splitlines()[-1]
-    '| L | o | 0.001 | 0.500 | 0.500 | +0.5 | +0.5 | +0.5 | +0.5 | +0.5 | +0.5 |'
+    '| L | o | 0.001 | 0.500 | 0.500 | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 |'
   """
   names = ("Min-K%++", "Min-K%", "LOSS", "ZLib", "Ref", "GradNorm")
   head = ["loss", "optimizer", "lr", "forget EM", "forget ES"] + [f"PrivLeak {n}" for n in names]
