@@ -16,7 +16,6 @@ time and its ratio to NPO+GD's.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import platform
 
@@ -27,6 +26,7 @@ from experiments.data import synthetic
 from experiments.data import tofu as tofu_data
 from experiments.data.tokenizer import train_tokenizer
 from experiments.loops import losses, optimizers
+from experiments.loops.checkpoint import write_json
 from experiments.loops.unlearn import UnlearnBatches, Unlearner
 from experiments.models import setup
 
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> dict:
   for name, s in median.items():
     print(f"| {name} | {1000 * s:.1f} | {out['ratio_to_npo'][name]:.2f} |")
   if args.out:
-    pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(args.out).write_text(json.dumps(out, indent=1))
+    path = pathlib.Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, out)
   return out
 
 

@@ -4,26 +4,12 @@ import json
 import math
 
 import pytest
+from tiny import JOB_ARGS
 
 from experiments import tofu
 from experiments.loops import optimizers
 
-ARGS = [
-  "--model-size",
-  "tiny",
-  "--n-authors",
-  "4",
-  "--ft-epochs",
-  "1",
-  "--steps",
-  "2",
-  "--eval-size",
-  "4",
-  "--seeds",
-  "0",
-  "--lrs",
-  "1e-3",
-]
+ARGS = list(JOB_ARGS)
 # Each new forget loss, paired with each kind of retain loss between them.
 LOSSES = ("CEU+GD", "WGA+KL", "SatImp+AP", "UNDIAL+GD", "RMU+AM")
 OPTIMIZERS = optimizers.DEFAULT_OPTIMIZERS + ("dualoptim_plus_muon",)
