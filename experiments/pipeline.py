@@ -27,7 +27,7 @@ import time
 from experiments.data.corpus import Corpus
 from experiments.evaluation import attribution, plots, report
 from experiments.evaluation.evaluate import Evaluator, references
-from experiments.loops import grid, optimizers, rollout, unlearn_grid
+from experiments.loops import grid, losses, optimizers, rollout, unlearn_grid
 from experiments.loops.finetune import FineTuneConfig, finetuned_and_oracle
 from experiments.loops.unlearn import Unlearner
 from experiments.model_flags import ModelOptions
@@ -75,6 +75,8 @@ def run(corpus: Corpus, s: Settings, log=print) -> dict:
     s.model.checkpoint, s.model.prompt_format, s.max_len, s.model_size, tokenizer
   )
   log(f"[model] {m.description}")
+  for name in s.loss_names:  # options that depend on the model (RMU's layer), before any training
+    losses.check_for_model(*losses.parse_loss(name), m.params)
   # --finetuned with --oracle: the user's two models, as they are
   given = None if s.model.oracle is None else model_setup.load_like(m, s.model.oracle)
   tuned = finetuned_and_oracle(m, corpus, s.finetune, cache, oracle=given, log=log)

@@ -219,9 +219,14 @@ def main(argv: list[str] | None = None) -> int:
   except (DataError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  from experiments.loops.rmu import ModelMismatch
   from experiments.pipeline import run
 
-  run(corpus, s)
+  try:
+    run(corpus, s)
+  except ModelMismatch as e:  # a loss option the loaded model cannot take (RMU's layer)
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

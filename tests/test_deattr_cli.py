@@ -3,26 +3,12 @@
 import json
 
 import pytest
+from tiny import JOB_ARGS
 
 from experiments import tofu
 from experiments.loops import optimizers
 
-ARGS = [
-  "--model-size",
-  "tiny",
-  "--n-authors",
-  "4",
-  "--ft-epochs",
-  "1",
-  "--steps",
-  "2",
-  "--eval-size",
-  "4",
-  "--seeds",
-  "0",
-  "--lrs",
-  "1e-3",
-]
+ARGS = list(JOB_ARGS)
 
 
 def test_deattr_kl_two_steps_with_every_optimizer(tmp_path, capsys):

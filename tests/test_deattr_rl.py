@@ -81,7 +81,7 @@ def test_sampling_is_reproducible_per_key(tiny):
   assert not np.array_equal(a[0], c[0])
   seq, mask, targets, old_logp, _, _ = a
   p = sampler.prompt_ids.shape[1]
-  assert seq.shape == (8, p + 16) and old_logp.shape == (8, p + 15)
+  assert seq.shape == old_logp.shape == (8, p + 16)  # full-length: entry t scores seq[:, t + 1]
   assert np.all(targets[:, :p] == 0) and np.all(targets[:, p:] == mask[:, p:])
   assert np.all(old_logp <= 0)
 

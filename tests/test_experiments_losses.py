@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from tiny import random_batch
 
 from experiments.data.batching import Batch
 from experiments.loops import losses
@@ -15,14 +16,7 @@ VOCAB, SEQ, B = 40, 12, 3
 
 
 def _batch(seed: int) -> Batch:
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(3, VOCAB, (B, SEQ)).astype(np.int32)
-  mask = np.ones((B, SEQ), np.int32)
-  mask[0, -3:] = 0  # some padding
-  targets = np.zeros((B, SEQ), np.float32)
-  targets[:, 5:] = 1.0
-  targets *= mask
-  return Batch(ids, mask, targets)
+  return random_batch(seed, VOCAB, SEQ, B)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +165,11 @@ def test_ce_mean_matches_hand_computation():
     ("DiPO+GD", ("DiPO", "GD")),
     ("dipo:gamma=10:top_k=3+kl", ("DiPO:gamma=10:top_k=3", "KL")),
     ("NPO:beta=0.05+AP:beta=0.2", ("NPO:beta=0.05", "AP:beta=0.2")),
+    ("rmu:layer=3:coeff=20+am", ("RMU:layer=3:coeff=20", "AM")),
+    ("undial:beta=10+kl", ("UNDIAL:beta=10", "KL")),
+    ("CEU+AP", ("CEU", "AP")),
+    ("wga:beta=2+GD", ("WGA:beta=2", "GD")),
+    ("satimp:beta1=3:beta2=0+GD", ("SatImp:beta1=3:beta2=0", "GD")),
   ],
 )
 def test_parse_loss(text, expected):
@@ -189,12 +188,19 @@ def test_parse_loss(text, expected):
     ("DiPO:alpha=1+GD", "bad option 'alpha=1'"),
     ("GA:beta=1+GD", "keys none"),
     ("NPO:beta+GD", "use key=value"),
+    ("RMU:layer=-1+GD", "option layer='-1' in loss 'RMU:layer=-1' must be an integer >= 0"),
+    ("RMU:span=0+AM", "must be an integer >= 1"),
+    ("RMU:alpha=3+GD", "bad option 'alpha=3' in loss 'RMU:alpha=3': use key=value with keys"),
+    ("UNDIAL:beta=x+GD", "must be >= 0"),
+    ("CEU:skip=1.5+GD", "must be an integer >= 0"),
+    ("SatImp:beta3=1+GD", "keys beta1, beta2"),
+    ("NPO+AM:coeff=2", "keys layer"),
   ],
 )
 def test_parse_loss_rejects(text, needle):
   with pytest.raises(ValueError) as info:
     losses.parse_loss(text)
-  assert needle in str(info.value)
+  assert needle in str(info.value) and "\n" not in str(info.value)  # one line
 
 
 def test_options_bind_hyperparameters_and_roles(setup):

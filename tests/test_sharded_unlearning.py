@@ -43,7 +43,8 @@ def unlearn(optimizer: str, mesh):
   for objective in OBJECTIVES:
     batch = batches.next(objective)
     lr = jnp.float32(LR)
-    params, state, loss, _ = step(params, state, m.params, batch, jnp.int32(objective), lr, None)
+    args = (jnp.int32(objective), lr, None, jnp.int32(0))  # objective, peak lr, frozen, seed
+    params, state, loss, _ = step(params, state, m.params, batch, *args)
     trace.append(float(loss))
   return m, params, state, trace
 

@@ -15,8 +15,10 @@ from rouge_score import rouge_scorer
 
 from dualoptim_jax import unlearning
 
-# Membership-inference scores computed per scored row (higher = likelier a member).
-MIA_SCORES = ("min_k_pp", "min_k", "loss")
+# Membership-inference scores of the forget and holdout answers (higher = likelier a member):
+# Min-K%++, Min-K%, LOSS (mean log-prob), ZLib (that over the zlib length), Reference (that
+# minus the reference model's), GradNorm (minus the mean per-leaf gradient norm).
+MIA_SCORES = ("min_k_pp", "min_k", "loss", "zlib", "reference", "gradnorm")
 MIA_K = 0.4  # MUSE's default fraction for Min-K% and Min-K%++
 
 
@@ -62,23 +64,31 @@ def mia_audit(
   """AUCs of separating forget answers (members) from holdout answers, and PrivLeak.
 
   Args:
-    member: per score name in :data:`MIA_SCORES`, the forget-set rows' scores.
+    member: per score name in :data:`MIA_SCORES` (those given), the forget-set rows' scores.
     holdout: the same for the holdout rows (never trained on).
     oracle: the retain-only oracle's audit (its ``*_auc``), for PrivLeak; None skips it.
 
   Returns:
     ``{score}_auc`` for each score, ``privleak`` (Min-K%++) and ``privleak_{score}``
-    against the oracle (None without it or when its AUC is 0), and the two sample sizes.
+    against the oracle (None without it, or when its AUC is 0 or absent), and the two
+    sample sizes.
+
+  Example:
+    >>> audit = mia_audit({"min_k_pp": np.array([2.0, 3.0])}, {"min_k_pp": np.array([1.0, 2.5])})
+    >>> audit["min_k_pp_auc"], audit["privleak"]
+    (0.75, None)
   """
+  scores = [s for s in MIA_SCORES if s in member]
   out: dict[str, float | int | None] = {
-    "n_member": int(len(member[MIA_SCORES[0]])),
-    "n_holdout": int(len(holdout[MIA_SCORES[0]])),
+    "n_member": int(len(member[scores[0]])),
+    "n_holdout": int(len(holdout[scores[0]])),
   }
-  for s in MIA_SCORES:
+  for s in scores:
     out[f"{s}_auc"] = unlearning.mia_auc(member[s], holdout[s])
-  for s in MIA_SCORES:
+  for s in scores:
     key = "privleak" if s == MIA_SCORES[0] else f"privleak_{s}"
     # An oracle AUC of exactly 0 (tiny samples) leaves PrivLeak undefined: None, not a crash.
-    ok = oracle is not None and oracle[f"{s}_auc"] > 0.0
-    out[key] = unlearning.privleak(out[f"{s}_auc"], oracle[f"{s}_auc"]) if ok else None
+    base = None if oracle is None else oracle.get(f"{s}_auc")
+    ok = base is not None and base > 0.0
+    out[key] = unlearning.privleak(out[f"{s}_auc"], base) if ok else None
   return out

@@ -17,16 +17,32 @@ AUDIT_COLUMNS = (
   ("retain_attribution", "retain attr"),
   ("forget_attribution_check", "forget attr (check)"),
 )
+# Forget-set memorization (EOS left out) and the other membership-inference audits: AUC of
+# forget vs holdout answers and PrivLeak against the oracle (NaN in evaluations without them).
+MIA_COLUMNS = (
+  ("forget_em", "forget EM"),
+  ("forget_es", "forget ES"),
+  ("zlib_auc", "ZLib AUC"),
+  ("privleak_zlib", "PrivLeak ZLib %"),
+  ("reference_auc", "Ref AUC"),
+  ("privleak_reference", "PrivLeak Ref %"),
+  ("gradnorm_auc", "GradNorm AUC"),
+  ("privleak_gradnorm", "PrivLeak GradNorm %"),
+)
 COLUMNS = (
-  ("forget_quality", "FQ"),
-  ("model_utility", "MU"),
-  ("forget_efficacy", "FE"),
-  ("forget_rouge", "forget ROUGE"),
-  ("forget_prob", "forget prob"),
-  ("retain_rouge", "retain ROUGE"),
-  ("mia_auc", "MIA AUC"),
-  ("privleak", "PrivLeak %"),
-) + AUDIT_COLUMNS
+  (
+    ("forget_quality", "FQ"),
+    ("model_utility", "MU"),
+    ("forget_efficacy", "FE"),
+    ("forget_rouge", "forget ROUGE"),
+    ("forget_prob", "forget prob"),
+    ("retain_rouge", "retain ROUGE"),
+    ("mia_auc", "MIA AUC"),
+    ("privleak", "PrivLeak %"),
+  )
+  + MIA_COLUMNS
+  + AUDIT_COLUMNS
+)
 
 
 def _number(x) -> float:
@@ -38,9 +54,10 @@ def summary_row(ev: dict) -> dict[str, float]:
 
   ``mia_auc`` is the Min-K%++ AUC of forget vs holdout answers and ``privleak`` its
   relative gap to the oracle's, in percent (evaluations without a holdout: NaN).
-  The :data:`AUDIT_COLUMNS` are NaN where an evaluation lacks them.
+  The :data:`MIA_COLUMNS` and :data:`AUDIT_COLUMNS` are NaN where an evaluation lacks them.
   """
   mia = ev.get("mia") or {}
+  forget = ev["forget"]
   return {
     "forget_quality": _number(ev["forget_quality"]),
     "model_utility": ev["model_utility"],
@@ -50,6 +67,11 @@ def summary_row(ev: dict) -> dict[str, float]:
     "retain_rouge": ev["retain"]["rouge"],
     "mia_auc": _number(mia.get("min_k_pp_auc")),
     "privleak": _number(mia.get("privleak")),
+    "forget_em": _number(forget.get("em")),
+    "forget_es": _number(forget.get("es")),
+    **{k: _number(mia.get(k)) for k, _ in MIA_COLUMNS[2:]},
+    "privleak_min_k": _number(mia.get("privleak_min_k")),  # results.md's audit summary
+    "privleak_loss": _number(mia.get("privleak_loss")),
     **{k: _number(ev.get(k)) for k, _ in AUDIT_COLUMNS},
   }
 
@@ -62,8 +84,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
   out = []
   for (loss, opt, lr), rs in groups.items():
     row = {"loss": loss, "optimizer": opt, "lr": lr, "seeds": sorted(r["seed"] for r in rs)}
-    for key, _ in COLUMNS:
-      vals = np.array([summary_row(r["eval"])[key] for r in rs], np.float64)
+    flats = [summary_row(r["eval"]) for r in rs]
+    for key in flats[0]:
+      vals = np.array([f[key] for f in flats], np.float64)
       row[key] = (float(np.mean(vals)), float(np.std(vals)))
     walls = [r["wall_s"] for r in rs]  # median: robust to a step that hit compilation
     row["wall_s"] = (float(np.median(walls)), float(np.std(walls)))
@@ -95,12 +118,15 @@ def markdown_table(rows: list[dict], references: dict[str, dict]) -> str:
   for name, ev in references.items():
     flat = summary_row(ev)
     cells = ["-", name, "-"]
-    cells += [_fmt((flat[k], 0.0), 1, percent=k == "privleak") for k, _ in columns] + ["-", "-"]
+    cells += [_fmt((flat[k], 0.0), 1, percent=k.startswith("privleak")) for k, _ in columns] + [
+      "-",
+      "-",
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   for r in sorted(rows, key=lambda r: (r["loss"], r["optimizer"], r["lr"])):
     n = len(r["seeds"])
     cells = [r["loss"], r["optimizer"], f"{r['lr']:g}"]
-    cells += [_fmt(r[k], n, percent=k == "privleak") for k, _ in columns]
+    cells += [_fmt(r[k], n, percent=k.startswith("privleak")) for k, _ in columns]
     cells += [f"{r['wall_s'][0]:.1f}", f"{r['state_bytes']:,}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
@@ -147,11 +173,54 @@ def tradeoff_summary(rows: list[dict], mu_before: float, frac: float = 0.9) -> s
   return "\n".join(lines)
 
 
+AUDIT_KEYS = (
+  "forget_em",
+  "forget_es",
+  "privleak",
+  "privleak_min_k",
+  "privleak_loss",
+  "privleak_zlib",
+  "privleak_reference",
+  "privleak_gradnorm",
+)
+
+
+def audits_at_best_fq(rows: list[dict], mu_before: float, frac: float = 0.9) -> str:
+  """Per (loss, optimizer), at the learning rate :func:`tradeoff_summary` picks for FQ: forget
+  EM and ES and the PrivLeak of every membership-inference score (0 = like the oracle).
+
+  Example:
+    >>> row = {"loss": "L", "optimizer": "o", "lr": 1e-3, "seeds": [0],
+    ...   **{k: (0.5, 0.0) for k in ("forget_quality", "model_utility", *AUDIT_KEYS)}}
+    >>> audits_at_best_fq([row], 0.5).splitlines()[-1]
+    '| L | o | 0.001 | 0.500 | 0.500 | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 | 0.5 |'
+  """
+  names = ("Min-K%++", "Min-K%", "LOSS", "ZLib", "Ref", "GradNorm")
+  head = ["loss", "optimizer", "lr", "forget EM", "forget ES"] + [f"PrivLeak {n}" for n in names]
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  keys = dict.fromkeys((r["loss"], r["optimizer"]) for r in rows)
+  for loss, opt in sorted(keys, key=lambda k: k[0]):
+    ok = [
+      r
+      for r in rows
+      if (r["loss"], r["optimizer"]) == (loss, opt) and r["model_utility"][0] >= frac * mu_before
+    ]
+    if not ok:
+      lines.append(f"| {loss} | {opt} | none qualifies |" + " - |" * (len(head) - 3))
+      continue
+    best = max(ok, key=lambda r: r["forget_quality"][0])
+    n = len(best["seeds"])
+    cells = [loss, opt, f"{best['lr']:g}"]
+    cells += [_fmt(best[k], n, percent=k.startswith("privleak")) for k in AUDIT_KEYS]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def _cell(key: str, ms: tuple[float, float]) -> str:
   m, s = ms
   if np.isnan(m):
     return "-"
-  if key == "privleak":
+  if key.startswith("privleak"):
     return f"{m:+.0f}±{s:.0f}"
   return f"{m:.1e}" if abs(m) < 0.01 else f"{m:.2f}±{s:.2f}"
 
@@ -265,6 +334,14 @@ def write(out: pathlib.Path, payload: dict) -> None:
     "## Trade-off summary",
     "",
     tradeoff_summary(rows, payload["before"]["model_utility"]),
+    "",
+    "## Audits at the best-FQ learning rate",
+    "",
+    "Forget-set exact memorization and extraction strength (EOS left out; 1 = verbatim), "
+    "and PrivLeak (%) of each membership-inference score against the oracle (0 = like the "
+    "oracle); Ref = the Reference attack with the oracle as reference model.",
+    "",
+    audits_at_best_fq(rows, payload["before"]["model_utility"]),
     "",
   ]
   for loss in sorted({r["loss"] for r in rows}):

@@ -45,7 +45,8 @@ class Rollout(NamedTuple):
     ids: int32 left-padded prompt followed by the sampled answer.
     mask: int32 1 on real tokens (prompt and answer up to its EOS).
     targets: float32 1 on the answer tokens that count (up to and including EOS).
-    old_logp: ``(N, T - 1)`` float32 log-prob of ``ids[:, 1:]`` under the sampling policy.
+    old_logp: ``(N, T)`` float32 log-prob of the next token (``ids[:, t + 1]`` at ``t``; the
+      last entry is unused) under the sampling policy.
     advantages: ``(N, 1)`` float32 advantage of each sampled answer.
   """
 
@@ -168,7 +169,8 @@ class Sampler:
       seq_mask = jnp.concatenate([mask, answer], axis=1)
       targets = jnp.concatenate([jnp.zeros_like(mask), answer], axis=1).astype(jnp.float32)
       logits = apply(params, seq, seq_mask)
-      old_logp = unlearning.token_log_probs(logits[:, :-1], seq[:, 1:])
+      # Full-length, as the losses score (losses.shifted): entry t is log p(seq[:, t + 1]).
+      old_logp = unlearning.token_log_probs(logits, jnp.roll(seq, -1, axis=1))
       phi = jax.nn.log_softmax(logits[:, ids.shape[1] - 1].astype(jnp.float32), axis=-1)
       return seq, seq_mask, targets, old_logp, phi
 

@@ -1,9 +1,12 @@
 """Unlearning loop: forget/retain batches in the reference's pattern and the jitted step.
 
 The step is compiled once per (optimizer, loss pair) and reused for every
-learning rate and seed: the objective and the peak learning rate are traced
-arguments. Data flows batch -> loss(objective) -> grads ->
-``tx.update(objective=)`` -> apply.
+learning rate and seed: the objective, the peak learning rate and the seed are
+traced arguments. Data flows batch -> loss(objective) -> grads ->
+``tx.update(objective=)`` -> apply. A method that trains only some weights (RMU:
+:attr:`experiments.loops.losses.Loss.trainable`) multiplies the gradients and the
+updates by its 0/1 mask, so the optimizer never moves the rest (weight decay
+included) and clipping sees only what is trained.
 """
 
 from __future__ import annotations
@@ -101,10 +104,15 @@ class Unlearner:
     tx = optimizers.build(
       opt_name, optimizers.lr_shape(self.warmup, self.steps), self.recipe, params
     )
-    f_loss, r_loss = losses.FORGET_LOSSES[forget], losses.RETAIN_LOSSES[retain]
+    f_loss, r_loss = losses.pair(forget, retain)
+    trained = losses.trainable(forget, params)  # 0/1 multipliers, or None: train everything
+    masked = (
+      (lambda t: t) if trained is None else (lambda t: jax.tree.map(jnp.multiply, t, trained))
+    )
 
-    def loss_fn(p, ref, batches, objective, frozen):
+    def loss_fn(p, ref, batches, objective, frozen, seed):
       apply = with_frozen(self.apply, frozen)  # frozen: a LoRA model's base weights, or None
+      batches = {**batches, "seed": seed}  # RMU draws its control vector from the run's seed
       return jax.lax.cond(
         objective == dualoptim_jax.FORGET,
         lambda: f_loss(apply, p, ref, batches),
@@ -113,11 +121,12 @@ class Unlearner:
 
     # Params and state are donated: updated in place, no second copy of either per step.
     @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, opt_state, ref, batches, objective, peak_lr, frozen):
-      loss, grads = jax.value_and_grad(loss_fn)(params, ref, batches, objective, frozen)
+    def step(params, opt_state, ref, batches, objective, peak_lr, frozen, seed):
+      loss, grads = jax.value_and_grad(loss_fn)(params, ref, batches, objective, frozen, seed)
+      grads = masked(grads)
       with jax.numpy_dtype_promotion("standard"):  # optax.adamw: float ** int32 count
         updates, opt_state = tx.update(grads, opt_state, params, objective=objective)
-        updates = jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates)
+        updates = masked(jax.tree.map(lambda u: u * peak_lr.astype(u.dtype), updates))
         params = optax.apply_updates(params, updates)  # bf16 weights: float32 sum, rounded once
       return params, opt_state, loss, optax.tree.norm(grads)
 
@@ -136,17 +145,20 @@ class Unlearner:
     *,
     desc: str = "unlearn",
     frozen=None,
+    seed: int = 0,
   ) -> UnlearnResult:
     """Unlearns from ``params`` for ``self.steps`` steps; returns params and per-step log.
 
     ``frozen`` is the state merged into the model but not trained (a LoRA
-    model's base weights), or None.
+    model's base weights), or None. ``seed`` is the run's seed, which losses read
+    as ``batches["seed"]`` (RMU's control vector).
     """
     tx, step = self._step_fn(opt_name, forget, retain, params)
     params = jax.tree.map(jnp.copy, params)  # the step donates; the caller keeps its params
     opt_state = tx.init(params)
     period = self.recipe.forget_steps + self.recipe.retain_steps
     lr = jnp.asarray(peak_lr, jnp.float32)
+    run_seed = jnp.asarray(seed, jnp.int32)
     shape = optimizers.lr_shape(self.warmup, self.steps)
     log, pending = [], []
     t0 = t1 = time.perf_counter()
@@ -159,7 +171,7 @@ class Unlearner:
       )
       b = batches.next(objective, params)
       params, opt_state, loss, gnorm = step(
-        params, opt_state, ref_params, b, jnp.asarray(objective, jnp.int32), lr, frozen
+        params, opt_state, ref_params, b, jnp.asarray(objective, jnp.int32), lr, frozen, run_seed
       )
       pending.append((k, objective, loss, gnorm))
     jax.block_until_ready(params)

@@ -137,6 +137,7 @@ class UnlearningRun:
       cell.lr,
       desc=f"{tag} {cell.loss} {cell.optimizer} lr={cell.lr:g} seed={cell.seed}",
       frozen=self.m.frozen,
+      seed=cell.seed,
     )
     ev = self.evaluate(self.m.full(res.params))
     if self.export_to is not None:

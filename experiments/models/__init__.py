@@ -1,19 +1,21 @@
 """Models: the in-house decoder (``decoder``) and the HF-format families (``hf``).
 
-Every model is an ``nnx.Module`` called as ``model(ids, mask) -> logits``;
-the loops work on its split ``(graphdef, params[, frozen])`` through
-:func:`make_apply`: ``params`` is what they train (all parameters, or a LoRA
-model's adapters) and ``frozen`` the rest (a LoRA model's base weights), passed
-to every jitted step as an argument.
+Every model is an ``nnx.Module`` called as ``model(ids, mask) -> logits`` (and
+``model(ids, mask, hidden_layer=L) -> (logits, hidden)``, the residual stream after
+block ``L`` from the same forward pass); the loops work on its split
+``(graphdef, params[, frozen])`` through :func:`make_apply`: ``params`` is what they
+train (all parameters, or a LoRA model's adapters) and ``frozen`` the rest (a LoRA
+model's base weights), passed to every jitted step as an argument.
 """
 
 from __future__ import annotations
 
 
 def make_apply(graphdef):
-  """``apply(params, ids, mask, frozen=None) -> logits`` for an ``nnx`` graph definition.
+  """``apply(params, ids, mask, frozen=None, **kw) -> logits`` for an ``nnx`` graph definition.
 
-  ``frozen`` is merged with ``params`` when given (see :func:`with_frozen`).
+  ``frozen`` is merged with ``params`` when given (see :func:`with_frozen`); keywords go to
+  the model (``hidden_layer=L``: ``(logits, hidden)``, the residual stream after block ``L``).
 
   Example:
     >>> import jax.numpy as jnp
@@ -25,15 +27,15 @@ def make_apply(graphdef):
   """
   from flax import nnx
 
-  def apply(params, ids, mask, frozen=None):
+  def apply(params, ids, mask, frozen=None, **kw):
     rest = () if frozen is None else (frozen,)
-    return nnx.merge(graphdef, params, *rest)(ids, mask)
+    return nnx.merge(graphdef, params, *rest)(ids, mask, **kw)
 
   return apply
 
 
 def with_frozen(apply, frozen):
-  """``apply`` with the untrained state bound: ``(params, ids, mask) -> logits``, as losses call it.
+  """``apply`` with the untrained state bound: ``(params, ids, mask, **kw)``, as losses call it.
 
   Bind inside the jitted step (``frozen`` a traced argument): closed over outside
   ``jit``, the frozen weights would be compiled into the program as constants.
@@ -44,4 +46,4 @@ def with_frozen(apply, frozen):
   """
   if frozen is None:
     return apply
-  return lambda params, ids, mask: apply(params, ids, mask, frozen)
+  return lambda params, ids, mask, **kw: apply(params, ids, mask, frozen, **kw)

@@ -180,6 +180,9 @@ class DecoderLM(nnx.Module):
     >>> ids = jnp.ones((2, 5), jnp.int32)
     >>> model(ids, jnp.ones((2, 5), jnp.int32)).shape
     (2, 5, 50)
+    >>> logits, hidden = model(ids, jnp.ones((2, 5), jnp.int32), hidden_layer=0)
+    >>> hidden.shape  # the residual stream after block 0
+    (2, 5, 32)
   """
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -188,17 +191,33 @@ class DecoderLM(nnx.Module):
     self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.n_layers)])
     self.final_norm = RMSNorm(cfg.d_model)
 
-  def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
+  def __call__(self, ids: jax.Array, mask: jax.Array, *, hidden_layer: int | None = None):
     """Next-token logits (batch, seq, vocab) for token ids and a 0/1 padding mask.
 
     Positions count only real tokens, so left-padded prompts (generation) and
     right-padded batches (training) see the same positions.
+
+    Args:
+      ids: (batch, seq) token ids.
+      mask: (batch, seq) 1 for real tokens, 0 for padding.
+      hidden_layer: also return the residual stream ``(batch, seq, d_model)`` after this
+        block (0-based), from the same forward pass (RMU's activation losses), as
+        :class:`experiments.models.hf.model.CausalLM` does.
+
+    Returns:
+      ``logits``, or ``(logits, hidden)`` when ``hidden_layer`` is given.
     """
+    if hidden_layer is not None and not 0 <= hidden_layer < len(self.blocks):
+      raise ValueError(f"hidden_layer must be in [0, {len(self.blocks)}), got {hidden_layer}")
     positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
     x = self.embed[...][ids]
-    for block in self.blocks:
+    hidden = None
+    for i, block in enumerate(self.blocks):
       x = block(x, positions, mask)
-    return self._logits(x)
+      if i == hidden_layer:
+        hidden = x
+    logits = self._logits(x)
+    return logits if hidden is None else (logits, hidden)
 
   def _logits(self, x: jax.Array) -> jax.Array:
     x = self.final_norm(x)
