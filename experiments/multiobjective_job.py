@@ -225,8 +225,12 @@ def train_grid(
   evaluate: Callable[..., dict],
   brief: Callable[[dict], str],
   log=print,
+  key_parts: Sequence = (),
 ) -> list[dict]:
   """Trains and evaluates every (seed, optimizer, lr) of ``plan``; returns the run records.
+
+  ``key_parts`` join the runs' cache key: what else changes a run's record (e.g. the
+  safety job's ``--eval-limit``), so a cached run evaluated otherwise is not reused.
 
   Each record (``optimizer``, ``lr``, ``seed``, ``steps``, ``wall_s``,
   ``state_bytes``, ``log``, ``diagnostics`` and what ``evaluate(params)``
@@ -238,7 +242,7 @@ def train_grid(
     m.apply, names, optimizers.Recipe(), plan.run_lengths, plan.steps, warmup, plan.diag_every
   )
   run_key = grid.short_key(
-    [base.key, plan.steps, plan.batch_size, plan.run_lengths, plan.diag_every], 8
+    [base.key, plan.steps, plan.batch_size, plan.run_lengths, plan.diag_every, *key_parts], 8
   )
   cells = [
     (f"{opt}-lr{lr:g}-s{seed}-{run_key}", (seed, opt, lr))

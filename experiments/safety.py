@@ -55,6 +55,13 @@ def parser():
   )
   p.add_argument("--n-authors", type=cli.number(int, lo=2), default=150, help="utility qa authors")
   p.add_argument("--copy-size", type=cli.number(int, lo=2), default=1500, help="utility copy pairs")
+  p.add_argument(
+    "--eval-limit",
+    type=cli.number(int, lo=1),
+    default=None,
+    help="at most this many prompts per refusal set (a seeded sample, the same for every "
+    "model; default: all)",
+  )
   return p
 
 
@@ -62,8 +69,12 @@ def load(args) -> tuple[data.SafetyData, bool]:
   """The data and whether it is the real (folder) data; DataError for a bad folder."""
   size = dict(n_authors=args.n_authors, n_copy=args.copy_size)
   if args.data == "synthetic":
-    return data.generate(**size), False
-  return data.load(pathlib.Path(args.data), **size), True
+    d, real = data.generate(**size), False
+  else:
+    d, real = data.load(pathlib.Path(args.data), **size), True
+  if args.eval_limit is not None:
+    d = data.limit_prompts(d, args.eval_limit)
+  return d, real
 
 
 def make_evaluate(m: ModelSetup, d: data.SafetyData):
@@ -124,7 +135,10 @@ def run(args, s: job.JobSettings, d: data.SafetyData, log=print) -> dict:
   base_ev = evaluate(base.params)
   log(f"[base model] {brief(base_ev)}")
   objectives = [d.safety_train, d.utility_train]
-  runs = job.train_grid(m, base, NAMES, objectives, s.plan, s.out / "runs", evaluate, brief, log)
+  limit = [] if args.eval_limit is None else [args.eval_limit]  # evaluated on other prompts
+  runs = job.train_grid(
+    m, base, NAMES, objectives, s.plan, s.out / "runs", evaluate, brief, log, key_parts=limit
+  )
 
   setup = setup_record(s, d, args.data, taught, m.n_params, base.seconds)
   payload = {"setup": setup, "base": base_ev, "runs": runs}

@@ -137,9 +137,29 @@ def test_two_step_run_folder(tmp_path):
   assert "benign: homonyms" in res["runs"][0]["categories"]
 
 
+def test_eval_limit_samples_each_refusal_set_the_same_way(tmp_path):
+  d = data.generate(n_authors=2, n_copy=2)
+  a, b = data.limit_prompts(d, 5), data.limit_prompts(d, 5)
+  assert a == b and "at most 5 prompts" in a.notes
+  for full, small in zip(d.prompt_sets, a.prompt_sets, strict=True):
+    assert len(small.prompts) == 5 and len(small.categories) == 5
+    where = [full.prompts.index(q) for q in small.prompts]
+    assert where == sorted(where)  # the set's order kept
+    assert [full.categories[i] for i in where] == list(small.categories)
+  with pytest.raises(ValueError, match="limit must be >= 1"):
+    data.limit_prompts(d, 0)
+  # the job: every refusal set is sampled, and the limit keys the cached runs
+  res = _smoke(tmp_path, ["--eval-limit", "4", "--optimizers", "joint"])
+  assert "at most 4 prompts" in json.dumps(res["setup"])
+  names = {p.name for p in (tmp_path / "out" / "runs").iterdir()}
+  _smoke(tmp_path, ["--eval-limit", "5", "--optimizers", "joint"])
+  assert len({p.name for p in (tmp_path / "out" / "runs").iterdir()} - names) == 1
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
+    (["--eval-limit", "0"], "argument --eval-limit: must be an integer >= 1, got '0'"),
     (["--data", "/nonexistent"], "--data /nonexistent: no such folder"),
     (["--run-lengths", "1,1,1"], "--run-lengths: needs 2 run lengths, got 3"),
     (["--batch-size", "1"], "argument --batch-size: must be an integer >= 2, got '1'"),
