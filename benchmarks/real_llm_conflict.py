@@ -40,7 +40,7 @@ from experiments import fetch
 from experiments.data import safety as safety_data
 from experiments.data import tofu as tofu_data
 from experiments.evaluation.multiobjective_diagnostics import cosine_matrix
-from experiments.loops.multiobjective import ObjectiveBatches, probe_gradient
+from experiments.loops.multiobjective import probe_gradient
 from experiments.models import setup as model_setup
 
 OUT = pathlib.Path("benchmarks/results/real_llm_conflict_cpu.json")
@@ -53,15 +53,18 @@ def halves(pairs, n: int, rng: np.random.Generator) -> tuple[list, list]:
   return [pairs[i] for i in idx[:n]], [pairs[i] for i in idx[n : 2 * n]]
 
 
-def cosines(m, a_pairs, b_pairs, n: int, seed: int) -> dict:
-  """Cross and within-objective gradient cosines of two objectives' halves."""
+def cosines(m, grad, a_pairs, b_pairs, n: int, seed: int) -> dict:
+  """Cross and within-objective gradient cosines of two objectives' halves.
+
+  ``grad(params, batch)`` is the jitted probe gradient, shared by every call so that a batch
+  shape seen before is not compiled again.
+  """
   rng = np.random.default_rng(seed)
   a1, a2 = halves(a_pairs, n, rng)
   b1, b2 = halves(b_pairs, n, rng)
-  grad = jax.jit(lambda p, b: probe_gradient(m.apply, p, b))
   grads, t0 = [], time.perf_counter()
   for part in (a1, a2, b1, b2):
-    batch = ObjectiveBatches([part], m.encoder, len(part), seed).idle(0)
+    batch = m.encoder.batch(part)
     grads.append(jax.block_until_ready(grad(m.params, batch)))
   c = np.asarray(cosine_matrix(grads))
   return {
@@ -107,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
   path = fetch.resolve_model(args.model)
   m = model_setup.from_checkpoint(model_setup.Checkpoint(path), args.max_len, args.prompt_format)
   print(f"[model] {m.description}", flush=True)
+  grad = jax.jit(lambda p, b: probe_gradient(m.apply, p, b))
   rows = []
   for name, (a, b, a_pairs, b_pairs) in settings(args).items():
     for seed in (int(s) for s in args.seeds.split(",")):
       r = {"setting": name, "a": a, "b": b, "seed": seed}
-      r |= cosines(m, a_pairs, b_pairs, args.probe, seed)
+      r |= cosines(m, grad, a_pairs, b_pairs, args.probe, seed)
       rows.append(r)
       print(
         f"[{name} seed {seed}] cos({a}, {b}) {r['cross']:+.3f} | within {a} "

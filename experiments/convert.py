@@ -27,19 +27,14 @@ from experiments.cli import Parser
 from experiments.models.hf.config import CheckpointError
 from experiments.models.hf.gguf_write import DTYPES, save_gguf, tokenizer_bundle
 from experiments.models.hf.loading import load_model, save_model
-from experiments.models.hf.tokenizer_files import (
-  SpecialTokens,
-  write_generation_config,
-  write_tokenizer_files,
-)
+from experiments.models.hf.tokenizer_files import SpecialTokens, write_tokenizer_files
 
 HF_DTYPES = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}
 
 
 def _write_hf(model, tok, special: SpecialTokens, template: str | None, folder: pathlib.Path):
   save_model(model, folder)
-  write_tokenizer_files(folder, tok, special, template)
-  write_generation_config(folder, special)
+  write_tokenizer_files(folder, tok, special, template)  # and generation_config.json
 
 
 def convert(

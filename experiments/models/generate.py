@@ -81,21 +81,22 @@ def make_generate(
     tok = pick(logits[:, -1], 0)
     pos = positions[:, -1] + 1
 
+    def ended(tok, done):  # rows that have met a stop token, ``tok`` included
+      for stop in stops:
+        done = done | (tok == stop)
+      return done
+
     def body(carry):
       i, tok, pos, caches, out, done = carry
       out = out.at[:, i].set(jnp.where(done, jnp.int32(pad_id), tok))
-      for stop in stops:
-        done = done | (tok == stop)
+      done = ended(tok, done)
       logits, caches = model.decode(tok[:, None], pos[:, None], key_mask, caches, p + i, **extra)
       return i + 1, pick(logits[:, -1], i + 1), pos + 1, caches, out, done
 
     def running(carry):
       # Stop early once every row has met a stop token: the rest would be padding anyway.
       i, tok, done = carry[0], carry[1], carry[5]
-      finished = done
-      for stop in stops:
-        finished = finished | (tok == stop)
-      return (i < max_new_tokens) & ~jnp.all(finished)
+      return (i < max_new_tokens) & ~jnp.all(ended(tok, done))
 
     out = jnp.full((b, max_new_tokens), pad_id, jnp.int32)
     done = jnp.zeros((b,), jnp.bool_)

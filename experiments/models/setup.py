@@ -50,7 +50,7 @@ from experiments.loops.checkpoint import set_aside
 from experiments.models import decoder, make_apply
 from experiments.models.hf.gguf_io import find_gguf
 from experiments.models.hf.gguf_write import tokenizer_bundle
-from experiments.models.hf.tokenizer_files import write_generation_config, write_tokenizer_files
+from experiments.models.hf.tokenizer_files import write_tokenizer_files
 
 # Files beside the weights that make an exported folder usable on its own.
 TOKENIZER_FILES = (
@@ -157,8 +157,7 @@ class ModelSetup:
     hf.save_model(model, path)
     if source is not None and find_gguf(source) is not None:
       tok, special, template, _ = tokenizer_bundle(source)
-      write_tokenizer_files(path, tok, special, template)
-      write_generation_config(path, special)
+      write_tokenizer_files(path, tok, special, template)  # and generation_config.json
       return
     for name in TOKENIZER_FILES:
       if source is not None and (source / name).is_file():

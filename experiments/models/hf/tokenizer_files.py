@@ -125,7 +125,8 @@ def write_tokenizer_files(
   special: SpecialTokens,
   chat_template: str | None = None,
 ) -> None:
-  """Writes ``tokenizer.json`` and a ``tokenizer_config.json`` that transformers reads.
+  """Writes ``tokenizer.json``, a ``tokenizer_config.json`` that transformers reads, and
+  ``generation_config.json`` (:func:`write_generation_config`).
 
   The config names the special tokens by string and carries the chat template, so
   ``AutoTokenizer.from_pretrained(folder).apply_chat_template`` works without the GGUF file.
@@ -159,6 +160,7 @@ def write_tokenizer_files(
   if chat_template is not None:
     config["chat_template"] = chat_template
   (folder / TOKENIZER_CONFIG).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+  write_generation_config(folder, special)
 
 
 def write_generation_config(folder: str | pathlib.Path, special: SpecialTokens) -> None:
